@@ -1,0 +1,49 @@
+"""Models: HF checkpoint I/O, the tiny default, the local tokenizer and chat template,
+log-probs and LoRA adapters."""
+
+from onthejob.models.hf import (
+    ModelDirError,
+    TinyConfig,
+    build_model,
+    check_model_dir,
+    count_parameters,
+    load_model,
+    save_model,
+)
+from onthejob.models.logprobs import entropy, gather_logprobs, token_logprobs
+from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora, load_adapter
+from onthejob.models.tokenizer import (
+    END,
+    PAD,
+    ChatIds,
+    chat_prompt_ids,
+    encode_text,
+    end_token_ids,
+    render_chat,
+    train_tokenizer,
+)
+
+__all__ = [
+    "END",
+    "PAD",
+    "ChatIds",
+    "LoraSettings",
+    "ModelDirError",
+    "TinyConfig",
+    "adapter_disabled",
+    "add_lora",
+    "build_model",
+    "chat_prompt_ids",
+    "check_model_dir",
+    "count_parameters",
+    "encode_text",
+    "end_token_ids",
+    "entropy",
+    "gather_logprobs",
+    "load_adapter",
+    "load_model",
+    "render_chat",
+    "save_model",
+    "token_logprobs",
+    "train_tokenizer",
+]

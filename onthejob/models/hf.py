@@ -1,0 +1,147 @@
+"""Hugging Face model directories: the tiny default config, build, load, save.
+
+Covers: the embedded default architecture (a Llama-style causal LM of a few
+million parameters), building it from scratch around a local tokenizer, and
+loading or saving any local causal-LM directory (config + safetensors +
+tokenizer). Nothing here reaches the network: a path that is not a model
+directory is a one-line `ModelDirError` naming the path.
+
+Not covered: training (see `onthejob.train`), adapters (see `lora.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Shape of the embedded default model (Llama architecture)."""
+
+    hidden_size: int = 256
+    """Width of the residual stream."""
+    num_layers: int = 4
+    """Number of transformer blocks."""
+    num_heads: int = 8
+    """Attention heads (query heads)."""
+    num_kv_heads: int = 8
+    """Key/value heads (fewer than num_heads gives grouped-query attention)."""
+    intermediate_size: int = 768
+    """Width of the SwiGLU MLP."""
+    max_positions: int = 1024
+    """Longest sequence the model is trained and sampled at."""
+    rope_theta: float = 10000.0
+    """Rotary embedding base."""
+    tie_embeddings: bool = True
+    """Share input embedding and output head (saves vocab x hidden parameters)."""
+
+
+def build_model(config: TinyConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
+    """A freshly initialised Llama-style causal LM sized for `tokenizer`."""
+    hf_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        max_position_embeddings=config.max_positions,
+        rope_theta=config.rope_theta,
+        tie_word_embeddings=config.tie_embeddings,
+        rms_norm_eps=1e-5,
+        initializer_range=0.02,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(hf_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """Return `path` if it looks like a HF causal-LM directory, else raise ModelDirError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(f"model directory not found: {path} (train one with `onthejob pretrain`)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelDirError(f"not a model directory (no config.json): {path}")
+    try:
+        json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"malformed config.json in {path}: {e}") from e
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelDirError(f"no weights (*.safetensors) in model directory: {path}")
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise ModelDirError(f"no tokenizer in model directory: {path}")
+    return path
+
+
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local causal LM and its tokenizer; never downloads."""
+    path = check_model_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelDirError(f"cannot load model from {path}: {first_line}") from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+    """Save model (safetensors) and tokenizer atomically: write beside, then rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        _remove_tree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+    return path
+

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -47,7 +48,7 @@ class TinyConfig:
     """Attention heads (query heads)."""
     num_kv_heads: int = 8
     """Key/value heads (fewer than num_heads gives grouped-query attention)."""
-    intermediate_size: int = 768
+    intermediate_size: int = 512
     """Width of the SwiGLU MLP."""
     max_positions: int = 1024
     """Longest sequence the model is trained and sampled at."""
@@ -57,7 +58,9 @@ class TinyConfig:
     """Share input embedding and output head (saves vocab x hidden parameters)."""
 
 
-def build_model(config: TinyConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
+def build_model(
+    config: TinyConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+) -> LlamaForCausalLM:
     """A freshly initialised Llama-style causal LM sized for `tokenizer`."""
     hf_config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -67,7 +70,7 @@ def build_model(config: TinyConfig, tokenizer: PreTrainedTokenizerBase, seed: in
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_kv_heads,
         max_position_embeddings=config.max_positions,
-        rope_theta=config.rope_theta,
+        rope_theta=config.rope_theta,  # type: ignore[call-arg]  # v5 folds it into rope_parameters
         tie_word_embeddings=config.tie_embeddings,
         rms_norm_eps=1e-5,
         initializer_range=0.02,
@@ -91,7 +94,9 @@ def check_model_dir(path: str | Path) -> Path:
     """Return `path` if it looks like a HF causal-LM directory, else raise ModelDirError."""
     path = Path(path)
     if not path.is_dir():
-        raise ModelDirError(f"model directory not found: {path} (train one with `onthejob pretrain`)")
+        raise ModelDirError(
+            f"model directory not found: {path} (train one with `onthejob pretrain`)"
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelDirError(f"not a model directory (no config.json): {path}")
@@ -116,22 +121,24 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelDirError(f"cannot load model from {path}: {first_line}") from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path
+) -> Path:
     """Save model (safetensors) and tokenizer atomically: write beside, then rename."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
-        _remove_tree(tmp)
+        shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if path.exists():
@@ -144,4 +151,3 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     else:
         tmp.rename(path)
     return path
-

@@ -17,7 +17,9 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def forward_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Logits [B, T, V] of a padded batch, with position ids derived from the mask."""
     out = model(
         input_ids=input_ids,
@@ -28,7 +30,9 @@ def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     return out.logits
 
 
-def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def gather_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """log softmax(logits / temperature)[target] for each position, in float32."""
     logits = logits.float()
     if temperature != 1.0:

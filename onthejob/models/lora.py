@@ -39,12 +39,12 @@ def add_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()) ->
     """Wrap `model` with a fresh LoRA adapter (initialised to a zero update)."""
     config = LoraConfig(
         r=settings.rank,
-        lora_alpha=settings.alpha,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft annotates int, accepts float
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)  # type: ignore[arg-type]
+    return get_peft_model(model, config)
 
 
 @contextmanager
@@ -57,9 +57,11 @@ def adapter_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
 
 
-def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
+def load_adapter(
+    model: torch.nn.Module, adapter_dir: str | Path, trainable: bool = False
+) -> PeftModel:
     """Attach a saved adapter to a base model."""
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ValueError(f"not an adapter directory (no adapter_config.json): {adapter_dir}")
-    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)  # type: ignore[arg-type]
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)

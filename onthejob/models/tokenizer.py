@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -90,6 +91,14 @@ class ChatIds:
     """(role, start, stop) of each message's content and its end token, in order."""
 
 
+def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    """The id of one token of the vocabulary."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int):
+        raise ValueError(f"token {token!r} is not in the vocabulary")
+    return found
+
+
 def has_onthejob_format(tokenizer: PreTrainedTokenizerBase) -> bool:
     """True when the tokenizer carries this project's role and end tokens."""
     vocab = tokenizer.get_vocab()
@@ -98,7 +107,7 @@ def has_onthejob_format(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Encode plain text; special-token strings inside it are treated as ordinary text."""
-    backend: Tokenizer = tokenizer.backend_tokenizer  # type: ignore[attr-defined]
+    backend: Tokenizer = tokenizer.backend_tokenizer
     before = backend.encode_special_tokens
     backend.encode_special_tokens = True
     try:
@@ -113,8 +122,8 @@ def render_chat(
     add_generation_prompt: bool = False,
 ) -> ChatIds:
     """Render messages to ids with this project's template (the one place that does so)."""
-    role_ids = {role: tokenizer.convert_tokens_to_ids(f"<|{role}|>") for role in ROLES}
-    end_id = tokenizer.convert_tokens_to_ids(END)
+    role_ids = {role: token_id(tokenizer, f"<|{role}|>") for role in ROLES}
+    end_id = token_id(tokenizer, END)
     ids: list[int] = []
     spans: list[tuple[str, int, int]] = []
     for message in messages:
@@ -134,19 +143,23 @@ def render_chat(
     return ChatIds(ids=ids, spans=spans)
 
 
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> list[int]:
+def chat_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]
+) -> list[int]:
     """Prompt ids ending with the assistant marker, for this format or any HF chat template."""
     if has_onthejob_format(tokenizer):
         return render_chat(tokenizer, messages, add_generation_prompt=True).ids
     if tokenizer.chat_template is None:
         raise ValueError("tokenizer has no chat template; give the model directory one")
-    out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
-    return list(out["input_ids"] if isinstance(out, dict) else out)
+    out: Any = tokenizer.apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=True
+    )
+    return [int(i) for i in (out["input_ids"] if hasattr(out, "keys") else out)]
 
 
 def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids that end an assistant turn."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     if has_onthejob_format(tokenizer):
-        ids.add(tokenizer.convert_tokens_to_ids(END))
+        ids.add(token_id(tokenizer, END))
     return sorted(i for i in ids if i is not None)

@@ -1,0 +1,147 @@
+"""Evaluation suites of the pretrained model, on held-out items.
+
+Covers, each as a function returning plain numbers:
+
+- `context_reading`: fresh documents of 8-12 items (facts, procedures,
+  conventions, with distractors), one question each in a random phrasing;
+  accuracy with the document in context and without it, and the chance level
+  of guessing (1 / size of the answer pool of each question);
+- `correction_following`: accuracy after a correction or announced change;
+- `env_success`: greedy success on the held-out (test) tasks of an env;
+- `world_model`: exact next-observation prediction on held-out shop tasks.
+
+Answers are compared after `knowledge.normalize_answer`. Every generation is
+greedy (temperature 0), so numbers are reproducible for a model and seed.
+
+Not covered: the learning curves of RL or sleep (later stages), timing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from onthejob import curriculum, knowledge
+from onthejob.envs import make_tasks
+from onthejob.models.tokenizer import render_chat
+from onthejob.rollout import run_episodes
+from onthejob.sampling import SamplingConfig, sample
+
+GREEDY = SamplingConfig(max_new_tokens=16, temperature=0.0)
+MAX_TURNS = {"arith": 1, "program": 3, "shop": 8}
+MAX_NEW_TOKENS = {"arith": 12, "program": 40, "shop": 16}
+EVAL_SEED = 10_007
+
+
+def answer_all(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    chats: list[list[dict[str, str]]],
+    max_new_tokens: int = 16,
+) -> list[str]:
+    """Greedy answers to chats (each ends before the assistant turn to be written)."""
+    prompts = [render_chat(tokenizer, chat, add_generation_prompt=True).ids for chat in chats]
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    answers: list[str] = []
+    for lo in range(0, len(prompts), 64):
+        answers += sample(model, tokenizer, prompts[lo : lo + 64], config).texts
+    return answers
+
+
+def chance_of(item: knowledge.Item) -> float:
+    """Probability that a uniform guess from the item's answer pool is right."""
+    if isinstance(item, knowledge.Fact):
+        pool = knowledge.RELATION_BY_NAME[item.relation].values
+        return 1 / (len(pool) if pool is not None else 9000)
+    if isinstance(item, knowledge.Procedure):
+        return 1 / len(knowledge.STEPS)
+    return 1 / (len(knowledge.PREFIXES) * 990)
+
+
+@dataclass(frozen=True)
+class ReadingResult:
+    with_context: float
+    """Accuracy with the document in the system turn."""
+    without_context: float
+    """Accuracy of the same questions with no document."""
+    chance: float
+    """Mean probability of a uniform guess being right."""
+    by_kind: dict[str, float]
+    """With-context accuracy per item kind (fact, procedure, convention)."""
+    n: int
+    """Questions asked."""
+
+
+def context_reading(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n: int = 200, seed: int = EVAL_SEED
+) -> ReadingResult:
+    rng = random.Random(seed)
+    probes = [curriculum.knowledge_probe(rng, rng.randint(8, 12)) for _ in range(n)]
+    with_doc = answer_all(model, tokenizer, [list(a.messages[:-1]) for a, _ in probes])
+    without = answer_all(model, tokenizer, [list(b.messages[:-1]) for _, b in probes])
+    right_with = [
+        knowledge.normalize_answer(x) == knowledge.normalize_answer(a.answer)
+        for x, (a, _) in zip(with_doc, probes, strict=True)
+    ]
+    right_without = [
+        knowledge.normalize_answer(x) == knowledge.normalize_answer(b.answer)
+        for x, (_, b) in zip(without, probes, strict=True)
+    ]
+    kinds: dict[str, list[bool]] = {}
+    chances = []
+    for (a, _), ok in zip(probes, right_with, strict=True):
+        item = a.item
+        assert item is not None
+        kinds.setdefault(type(item).__name__.lower(), []).append(ok)
+        chances.append(chance_of(item))
+    return ReadingResult(
+        with_context=sum(right_with) / n,
+        without_context=sum(right_without) / n,
+        chance=sum(chances) / n,
+        by_kind={k: sum(v) / len(v) for k, v in sorted(kinds.items())},
+        n=n,
+    )
+
+
+def correction_following(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n: int = 100, seed: int = EVAL_SEED
+) -> float:
+    rng = random.Random(seed + 1)
+    examples = [curriculum.correction_example(rng) for _ in range(n)]
+    answers = answer_all(model, tokenizer, [list(e.messages[:-1]) for e in examples])
+    right = [
+        knowledge.normalize_answer(x) == knowledge.normalize_answer(e.answer)
+        for x, e in zip(answers, examples, strict=True)
+    ]
+    return sum(right) / n
+
+
+def env_success(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    env_name: str,
+    n: int = 100,
+    seed: int = EVAL_SEED,
+) -> float:
+    tasks = make_tasks(env_name, "test", n, seed=seed)
+    sampling = SamplingConfig(max_new_tokens=MAX_NEW_TOKENS[env_name], temperature=0.0)
+    trajectories = run_episodes(
+        model, tokenizer, env_name, tasks, sampling, max_turns=MAX_TURNS[env_name], seed=seed
+    )
+    return sum(t.success for t in trajectories) / n
+
+
+def world_model(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n: int = 100, seed: int = EVAL_SEED
+) -> float:
+    """Exact-match rate of predicted next shop pages on held-out tasks."""
+    tasks = make_tasks("shop", "test", n, seed=seed)
+    rng = random.Random(seed + 2)
+    examples = [curriculum.world_model_example(rng, task) for task in tasks]
+    answers = answer_all(
+        model, tokenizer, [list(e.messages[:-1]) for e in examples], max_new_tokens=96
+    )
+    return sum(a.strip() == e.answer.strip() for a, e in zip(answers, examples, strict=True)) / n

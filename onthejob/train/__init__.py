@@ -1,0 +1,1 @@
+"""Training: pretraining, RL and distillation losses with their loops; checkpoints."""

@@ -1,0 +1,274 @@
+"""`onthejob pretrain`: train the tiny default model from scratch on the curriculum.
+
+Covers: the tokenizer built from a sample of the curriculum, the model built
+from `TinyConfig`, a weighted next-token loss (full weight on the trained
+assistant turns, `context_weight` on every other token), AdamW with warm-up and
+cosine decay, bf16 autocast on the CPU, periodic atomic checkpoints and exact
+resume (batch k is a pure function of (seed, k)), a progress bar, and the
+finished model saved as a Hugging Face directory in the cache.
+
+Not covered: evaluation (`onthejob.evals`), RL (`onthejob.train.grpo`).
+
+Departure from plain LM pretraining: the loss is weighted per token, not
+uniform; documents grow from short to long over training (see curriculum).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from onthejob import curriculum
+from onthejob.curriculum import CurriculumConfig, EpisodePools
+from onthejob.models import TinyConfig, build_model, render_chat, save_model, train_tokenizer
+from onthejob.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+CURRICULUM_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that decides the pretrained model (it is hashed into the cache key)."""
+
+    steps: int = 1200
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Examples per step."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    warmup_steps: int = 60
+    """Linear warm-up steps before cosine decay."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    weight_decay: float = 0.05
+    """AdamW weight decay on matrices."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    context_weight: float = 0.1
+    """Loss weight of tokens outside the trained assistant turns."""
+    max_len: int = 640
+    """Examples are cut to this many tokens."""
+    vocab_size: int = 1536
+    """BPE vocabulary size."""
+    tokenizer_sample: int = 3000
+    """Curriculum examples the tokenizer is trained on."""
+    bf16: bool = False
+    """Autocast to bfloat16: faster only on CPUs with AVX512-BF16 or AMX; on AVX2-only CPUs it is ~40x slower."""
+    micro_batches: int = 2
+    """Each batch is sorted by length and split into this many micro-batches (less padding)."""
+    seed: int = 0
+    """Seed of data, initialisation and sampling."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints."""
+    model: TinyConfig = field(default_factory=TinyConfig)
+    """Model shape."""
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    """Data mixture and document growth."""
+    pools: EpisodePools = field(default_factory=EpisodePools)
+    """Sizes of the pools of solved environment episodes."""
+
+    def key(self) -> str:
+        """Short hash of the config and curriculum version (the cache key)."""
+        blob = json.dumps({"v": CURRICULUM_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def onthejob_home() -> Path:
+    """Where caches and runs live: $ONTHEJOB_HOME, else ~/.cache/onthejob."""
+    return Path(os.environ.get("ONTHEJOB_HOME", Path.home() / ".cache" / "onthejob"))
+
+
+def default_model_dir(config: PretrainConfig | None = None) -> Path:
+    """The cached pretrained model of this config."""
+    return onthejob_home() / "models" / f"default-{(config or PretrainConfig()).key()}"
+
+
+def weighted_lm_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """sum_t w_t * CE(logits_t, target_t) / sum_t w_t (positions with w_t = 0 do not count)."""
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )
+    w = weights.reshape(-1).float()
+    return (ce * w).sum() / w.sum().clamp(min=1e-8)
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase,
+    example: curriculum.Example,
+    context_weight: float,
+    max_len: int,
+) -> tuple[list[int], list[float]]:
+    """Token ids and per-token loss weights (weight i is for predicting token i; token 0 gets 0)."""
+    chat = render_chat(tokenizer, list(example.messages))
+    weights = [context_weight] * len(chat.ids)
+    weights[0] = 0.0
+    for (role, start, stop), trained in zip(chat.spans, example.trained, strict=True):
+        if trained:
+            if role != "assistant":
+                raise ValueError(f"only assistant turns can be trained, got {role}")
+            for i in range(start, stop):
+                weights[i] = 1.0
+    return chat.ids[:max_len], weights[:max_len]
+
+
+def collate(
+    rows: list[tuple[list[int], list[float]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, targets, weights) for next-token training."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    weights = torch.zeros((len(rows), width))
+    for r, (ids, w) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        mask[r, : len(ids)] = 1
+        weights[r, : len(w)] = torch.tensor(w)
+    return input_ids[:, :-1], mask[:, :-1], input_ids[:, 1:], weights[:, 1:]
+
+
+def lr_at(step: int, config: PretrainConfig) -> float:
+    """Warm-up then cosine decay to min_lr_ratio, as a multiplier of the peak."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+
+def build_pools(config: PretrainConfig) -> dict[str, list[curriculum.Example]]:
+    """The solved-episode pools for every environment kind with a non-zero share."""
+    names, weights = config.curriculum.mixture.kinds()
+    pools = {}
+    for name, share in zip(names, weights, strict=True):
+        size = getattr(config.pools, name, 0)
+        if share > 0 and size > 0:
+            pools[name] = curriculum.build_pool(name, size, seed=config.seed)
+    return pools
+
+
+def build_tokenizer(config: PretrainConfig, data: curriculum.Curriculum) -> PreTrainedTokenizerBase:
+    """Train the BPE tokenizer on a sample of the curriculum (late progress: long documents)."""
+    texts: list[str] = []
+    for i in range(config.tokenizer_sample):
+        example = data.example(10**9 + i, progress=1.0)
+        texts.extend(m["content"] for m in example.messages)
+    return train_tokenizer(texts, vocab_size=config.vocab_size)
+
+
+def pretrain(
+    config: PretrainConfig,
+    out_dir: Path | None = None,
+    run_dir: Path | None = None,
+    resume: bool = True,
+    show_progress: bool = True,
+) -> Path:
+    """Train and save the model to out_dir (default: the cache); returns out_dir."""
+    out_dir = out_dir or default_model_dir(config)
+    run_dir = run_dir or onthejob_home() / "runs" / f"pretrain-{config.key()}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+
+    pools = build_pools(config)
+    data = curriculum.Curriculum(config.curriculum, pools, seed=config.seed)
+    tokenizer_dir = run_dir / "tokenizer"
+    tokenizer: PreTrainedTokenizerBase
+    if resume and (tokenizer_dir / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    else:
+        tokenizer = build_tokenizer(config, data)
+        tokenizer.save_pretrained(tokenizer_dir)
+    model = build_model(config.model, tokenizer, seed=config.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.95),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
+
+    start = 0
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        start, _ = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    log_path = run_dir / "metrics.jsonl"
+    model.train()
+    pad_id = tokenizer.pad_token_id
+    t0 = time.time()
+    tokens_seen = 0
+    with (
+        Progress(
+            TextColumn("pretrain"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not show_progress,
+        ) as progress,
+        log_path.open("a") as log,
+    ):
+        bar = progress.add_task("pretrain", total=config.steps, completed=start, loss=float("nan"))
+        for step in range(start, config.steps):
+            rows = [
+                encode_example(
+                    tokenizer,
+                    data.example(step * config.batch_size + i, step / config.steps),
+                    config.context_weight,
+                    config.max_len,
+                )
+                for i in range(config.batch_size)
+            ]
+            rows.sort(key=lambda row: len(row[0]))
+            total_weight = sum(sum(w[1:]) for _, w in rows)
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            per_micro = math.ceil(len(rows) / config.micro_batches)
+            for lo in range(0, len(rows), per_micro):
+                input_ids, mask, targets, weights = collate(rows[lo : lo + per_micro], pad_id)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                share = float(weights.sum()) / total_weight
+                loss = weighted_lm_loss(logits, targets, weights) * share
+                loss.backward()
+                loss_sum += loss.item()
+                tokens_seen += int(mask.sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            record = {
+                "step": step + 1,
+                "loss": round(loss_sum, 5),
+                "grad_norm": round(float(grad_norm), 4),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": round(tokens_seen / max(1e-9, time.time() - t0)),
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            progress.update(bar, advance=1, loss=record["loss"])
+            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+                log.flush()
+                save_checkpoint(run_dir, model, optimizer, scheduler, step + 1)
+    model.eval()
+    save_model(model, tokenizer, out_dir)
+    (out_dir / "pretrain_config.json").write_text(json.dumps(asdict(config), indent=2))
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint)
+    return out_dir

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from onthejob.models import (
+    LoraSettings,
+    ModelDirError,
+    adapter_disabled,
+    add_lora,
+    build_model,
+    chat_prompt_ids,
+    count_parameters,
+    encode_text,
+    gather_logprobs,
+    load_model,
+    render_chat,
+    save_model,
+    token_logprobs,
+)
+from onthejob.models.hf import TinyConfig
+from onthejob.models.tokenizer import END
+from tests.conftest import TINY
+
+MESSAGES = [
+    {"role": "system", "content": "answer from the notes."},
+    {"role": "user", "content": "who owns billing?"},
+    {"role": "assistant", "content": "priya"},
+    {"role": "tool", "content": "[p317] blue shirt $24"},
+]
+
+
+def test_render_chat_matches_hf_chat_template(tokenizer):
+    ours = render_chat(tokenizer, MESSAGES, add_generation_prompt=True).ids
+    theirs = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
+    theirs = theirs["input_ids"] if hasattr(theirs, "keys") else theirs
+    assert ours == list(theirs)
+    assert tokenizer.decode(ours) == (
+        "<|system|>answer from the notes.<|end|><|user|>who owns billing?<|end|>"
+        "<|assistant|>priya<|end|><|tool|>[p317] blue shirt $24<|end|><|assistant|>"
+    )
+
+
+def test_teacher_and_student_prompts_differ_only_by_inserted_context(tokenizer):
+    question = [{"role": "user", "content": "who owns billing?"}]
+    context = [{"role": "system", "content": "the owner of billing is priya."}]
+    student = render_chat(tokenizer, question, add_generation_prompt=True).ids
+    teacher = render_chat(tokenizer, context + question, add_generation_prompt=True).ids
+    inserted = render_chat(tokenizer, context).ids
+    assert teacher == inserted + student
+
+
+def test_spans_cover_content_and_end_token(tokenizer):
+    chat = render_chat(tokenizer, MESSAGES)
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    role, start, stop = chat.spans[2]
+    assert role == "assistant"
+    assert tokenizer.decode(chat.ids[start : stop - 1]) == "priya"
+    assert chat.ids[stop - 1] == end_id
+
+
+def test_typed_special_tokens_are_plain_text(tokenizer):
+    ids = encode_text(tokenizer, "hi <|end|> there")
+    assert tokenizer.convert_tokens_to_ids(END) not in ids
+    assert tokenizer.decode(ids) == "hi <|end|> there"
+
+
+def test_digits_are_single_tokens_and_text_round_trips(tokenizer):
+    ids = encode_text(tokenizer, "8443")
+    assert len(ids) == 4
+    text = "def f(x):\n    return x[::-1]  # ünïcode ✓"
+    assert tokenizer.decode(encode_text(tokenizer, text)) == text
+
+
+def test_unknown_role_is_a_clear_error(tokenizer):
+    with pytest.raises(ValueError, match="unknown chat role 'robot'"):
+        render_chat(tokenizer, [{"role": "robot", "content": "x"}])
+
+
+def test_chat_prompt_ids_ends_with_assistant_marker(tokenizer):
+    ids = chat_prompt_ids(tokenizer, MESSAGES[:2])
+    assert ids[-1] == tokenizer.convert_tokens_to_ids("<|assistant|>")
+
+
+def test_default_model_has_a_few_million_parameters(tokenizer):
+    model = build_model(TinyConfig(), tokenizer)
+    n = count_parameters(model)
+    assert 1_000_000 < n < 10_000_000
+
+
+def test_gather_logprobs_hand_computed():
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(2.0), 0.0]]])
+    targets = torch.tensor([[1, 1]])
+    got = gather_logprobs(logits, targets)
+    assert torch.allclose(got, torch.tensor([[math.log(0.75), math.log(1 / 3)]]), atol=1e-6)
+    hot = gather_logprobs(logits, targets, temperature=0.5)  # logits doubled: p = 9/10, 1/5
+    assert torch.allclose(hot, torch.tensor([[math.log(0.9), math.log(0.2)]]), atol=1e-6)
+
+
+def _independent_logprobs(model, ids):
+    """log p(x_t | x_<t) of one unpadded sequence by an explicit softmax."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    probs = torch.softmax(logits.double(), dim=-1)
+    return [math.log(probs[t - 1, ids[t]].item()) for t in range(1, len(ids))]
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_token_logprobs_match_independent_computation(tiny_model, tokenizer, padding):
+    seqs = [
+        render_chat(tokenizer, MESSAGES[:2]).ids,
+        render_chat(tokenizer, MESSAGES).ids,
+    ]
+    width = max(map(len, seqs))
+    pad = tokenizer.pad_token_id
+    ids = torch.full((2, width), pad)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if padding == "left" else slice(0, len(s))
+        ids[r, sl] = torch.tensor(s)
+        mask[r, sl] = 1
+    with torch.no_grad():
+        got = token_logprobs(tiny_model, ids, mask)
+    for r, s in enumerate(seqs):
+        expected = _independent_logprobs(tiny_model, s)
+        row = got[r][mask[r, 1:].bool()]
+        if padding == "left":  # the first real token has no prediction inside the row
+            row = row[-(len(s) - 1) :]
+        assert torch.allclose(row.double(), torch.tensor(expected, dtype=torch.double), atol=1e-4)
+
+
+def test_lora_switches_on_and_off_on_one_model(tokenizer):
+    base = build_model(TINY, tokenizer, seed=1)
+    ids = torch.tensor([render_chat(tokenizer, MESSAGES).ids])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits.clone()
+    model = add_lora(base, LoraSettings(rank=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        on = model(input_ids=ids).logits
+        with adapter_disabled(model):
+            off = model(input_ids=ids).logits
+    assert torch.allclose(off, before, atol=1e-5)
+    assert not torch.allclose(on, before, atol=1e-3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_save_and_load_round_trip(tiny_model, tokenizer, tmp_path):
+    path = save_model(tiny_model, tokenizer, tmp_path / "m")
+    model, tok = load_model(path)
+    ids = torch.tensor([render_chat(tokenizer, MESSAGES).ids])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, tiny_model(input_ids=ids).logits, atol=1e-6)
+    assert tok.encode("who owns billing?") == tokenizer.encode("who owns billing?")
+    assert tok.chat_template == tokenizer.chat_template
+    save_model(tiny_model, tokenizer, path)  # overwriting an existing directory works
+    assert not Path(str(path) + ".tmp").exists() and not Path(str(path) + ".old").exists()
+
+
+def test_missing_and_malformed_model_dirs_name_the_path(tmp_path, tiny_model, tokenizer):
+    with pytest.raises(ModelDirError, match=f"model directory not found: {tmp_path / 'nope'}"):
+        load_model(tmp_path / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(ModelDirError, match="no config.json"):
+        load_model(bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ModelDirError, match="malformed config.json"):
+        load_model(bad)
+    good = save_model(tiny_model, tokenizer, tmp_path / "good")
+    (good / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelDirError, match=str(good)):
+        load_model(good)

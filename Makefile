@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+export ONTHEJOB_HOME := $(CURDIR)/.cache
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint bench clean

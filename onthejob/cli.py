@@ -34,7 +34,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
         config = replace(
             config,
-            model=TinyConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=128),
+            model=TinyConfig(
+                hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=128
+            ),
             pools=EpisodePools(arith=20, program=8, shop=10, world_model=10),
             tokenizer_sample=300,
             vocab_size=512,
@@ -70,7 +72,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows.append((f"  with the document: {kind}s", acc, ""))
     rows.append(("following a correction", evals.correction_following(model, tokenizer, n=n), ""))
     for env_name in args.envs.split(","):
-        rows.append((f"{env_name} success (held-out tasks)", evals.env_success(model, tokenizer, env_name, n=n), "target 0.10-0.70"))
+        rows.append(
+            (
+                f"{env_name} success (held-out tasks)",
+                evals.env_success(model, tokenizer, env_name, n=n),
+                "target 0.10-0.70",
+            )
+        )
     rows.append(("world model: next shop page exact", evals.world_model(model, tokenizer, n=n), ""))
 
     table = Table(title=f"evaluation of {model_dir.name} ({n} held-out items each, greedy)")
@@ -82,7 +90,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     Console().print(table)
     print(f"evaluated in {time.time() - started:.0f}s")
     if args.json:
-        record = {"model": str(model_dir), "n": n, "scores": {name.strip(): score for name, score, _ in rows}, "reading": asdict(reading)}
+        record = {
+            "model": str(model_dir),
+            "n": n,
+            "scores": {name.strip(): score for name, score, _ in rows},
+            "reading": asdict(reading),
+        }
         Path(args.json).write_text(json.dumps(record, indent=2))
     return 0
 
@@ -106,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimizer steps (default: the config's)")
     p.add_argument("--batch-size", type=int, help="examples per step")
     p.add_argument("--out", help="model directory to write (default: the cache)")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run at toy scale (smoke tests)")
+    p.add_argument(
+        "--tiny", action="store_true", help="a seconds-long run at toy scale (smoke tests)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 

@@ -15,7 +15,14 @@ SAMPLE_TEXTS = [
     "tickets for auth are written ops-number.",
 ] * 40
 
-TINY = TinyConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, max_positions=256)
+TINY = TinyConfig(
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=128,
+    max_positions=256,
+)
 
 
 @pytest.fixture(scope="session")

@@ -156,7 +156,9 @@ def test_save_and_load_round_trip(tiny_model, tokenizer, tmp_path):
     model, tok = load_model(path)
     ids = torch.tensor([render_chat(tokenizer, MESSAGES).ids])
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids).logits, tiny_model(input_ids=ids).logits, atol=1e-6)
+        assert torch.allclose(
+            model(input_ids=ids).logits, tiny_model(input_ids=ids).logits, atol=1e-6
+        )
     assert tok.encode("who owns billing?") == tokenizer.encode("who owns billing?")
     assert tok.chat_template == tokenizer.chat_template
     save_model(tiny_model, tokenizer, path)  # overwriting an existing directory works

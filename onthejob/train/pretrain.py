@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -174,6 +175,7 @@ def pretrain(
     run_dir: Path | None = None,
     resume: bool = True,
     show_progress: bool = True,
+    on_step: Callable[[int, torch.nn.Module, PreTrainedTokenizerBase], None] | None = None,
 ) -> Path:
     """Train and save the model to out_dir (default: the cache); returns out_dir."""
     out_dir = out_dir or default_model_dir(config)
@@ -262,6 +264,8 @@ def pretrain(
             log.write(json.dumps(record) + "\n")
             log.flush()
             progress.update(bar, advance=1, loss=record["loss"])
+            if on_step is not None:
+                on_step(step + 1, model, tokenizer)
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
                 log.flush()
                 save_checkpoint(run_dir, model, optimizer, scheduler, step + 1)

@@ -1,0 +1,111 @@
+"""Smoke tests: every `onthejob` subcommand runs as a real subprocess at toy scale."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ONTHEJOB_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "onthejob.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_help_lists_only_working_subcommands(tmp_path):
+    out = run_cli("--help", home=tmp_path)
+    assert out.returncode == 0
+    for name in ("pretrain", "eval", "env-serve"):
+        assert name in out.stdout
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    out = home / "toy"
+    result = run_cli(
+        "pretrain",
+        "--tiny",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        "--quiet",
+        home=home,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pretrained model saved to" in result.stdout
+    return home, out
+
+
+def test_pretrain_writes_a_model_and_is_cached(toy_model):
+    home, out = toy_model
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    again = run_cli("pretrain", "--tiny", "--out", str(out), home=home)
+    assert again.returncode == 0 and "cached" in again.stdout
+
+
+def test_eval_prints_the_table_and_writes_json(toy_model, tmp_path):
+    home, out = toy_model
+    scores = tmp_path / "scores.json"
+    result = run_cli("eval", "--model", str(out), "--n", "2", "--json", str(scores), home=home)
+    assert result.returncode == 0, result.stderr
+    assert "context reading, with the document" in result.stdout
+    record = json.loads(scores.read_text())
+    assert set(record["scores"]) >= {"arith success (held-out tasks)", "following a correction"}
+    assert all(0.0 <= v <= 1.0 for v in record["scores"].values())
+
+
+def test_eval_of_a_missing_model_is_a_one_line_error(tmp_path):
+    result = run_cli("eval", "--model", str(tmp_path / "absent"), home=tmp_path)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"onthejob: model directory not found: {tmp_path / 'absent'} (train one with `onthejob pretrain`)"
+    )
+
+
+def test_env_serve_answers_over_http(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ONTHEJOB_HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onthejob.cli", "env-serve", "arith", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert json.loads(body)["name"] == "arith"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+from onthejob import curriculum, knowledge
+from onthejob.curriculum import CurriculumConfig, EpisodePools, Mixture
+from onthejob.models import TinyConfig
+from onthejob.train.pretrain import (
+    PretrainConfig,
+    collate,
+    encode_example,
+    lr_at,
+    pretrain,
+    weighted_lm_loss,
+)
+
+
+def test_weighted_lm_loss_hand_computed():
+    # position 0: p(target=1) = 3/4; position 1: p(target=0) = 2/3
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(2.0), 0.0]]])
+    targets = torch.tensor([[1, 0]])
+    ce0, ce1 = -math.log(0.75), -math.log(2 / 3)
+    both = weighted_lm_loss(logits, targets, torch.tensor([[1.0, 1.0]]))
+    assert both.item() == pytest.approx((ce0 + ce1) / 2, abs=1e-6)
+    weighted = weighted_lm_loss(logits, targets, torch.tensor([[1.0, 0.25]]))
+    assert weighted.item() == pytest.approx((ce0 + 0.25 * ce1) / 1.25, abs=1e-6)
+    only_second = weighted_lm_loss(logits, targets, torch.tensor([[0.0, 2.0]]))
+    assert only_second.item() == pytest.approx(ce1, abs=1e-6)
+
+
+def test_weighted_lm_loss_equals_cross_entropy_for_unit_weights():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    targets = torch.randint(0, 11, (3, 5))
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1))
+    assert weighted_lm_loss(logits, targets, torch.ones(3, 5)).item() == pytest.approx(
+        expected.item(), abs=1e-5
+    )
+
+
+def test_encode_example_weights_answer_tokens_fully(tokenizer):
+    example = curriculum.knowledge_example(random.Random(0), 3, pasted=False, n_questions=2)
+    ids, weights = encode_example(tokenizer, example, context_weight=0.1, max_len=10_000)
+    assert len(ids) == len(weights) and weights[0] == 0.0
+    full = [tokenizer.decode([i]) for i, w in zip(ids, weights, strict=True) if w == 1.0]
+    answers = [m["content"] for m in example.messages if m["role"] == "assistant"]
+    assert "".join(full) == "<|end|>".join(answers) + "<|end|>"
+    assert set(weights) == {0.0, 0.1, 1.0}
+
+
+def test_collate_shifts_targets_and_pads():
+    rows = [([5, 6, 7], [0.0, 1.0, 1.0]), ([8, 9], [0.0, 0.5])]
+    input_ids, mask, targets, weights = collate(rows, pad_id=0)
+    assert input_ids.tolist() == [[5, 6], [8, 9]]
+    assert targets.tolist() == [[6, 7], [9, 0]]  # 9 predicts padding, with weight 0
+    assert weights.tolist() == [[1.0, 1.0], [0.5, 0.0]]
+    assert mask.tolist() == [[1, 1], [1, 1]]
+
+
+def test_learning_rate_schedule():
+    config = PretrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(9, config) == pytest.approx(1.0)
+    assert lr_at(10, config) == pytest.approx(1.0)
+    assert lr_at(100, config) == pytest.approx(0.1)
+
+
+def test_documents_grow_then_hold_at_least_eight_items():
+    config = CurriculumConfig()
+    rng = random.Random(0)
+    early = [curriculum.items_for(0.0, config, rng) for _ in range(50)]
+    late = [curriculum.items_for(0.9, config, rng) for _ in range(50)]
+    assert max(early) <= 3
+    assert min(late) >= 8 and max(late) <= 12
+
+
+def test_knowledge_probe_pairs_share_the_question_and_only_one_has_notes():
+    rng = random.Random(1)
+    for _ in range(50):
+        with_doc, without = curriculum.knowledge_probe(rng, 10)
+        assert with_doc.messages[1:] == without.messages[1:]
+        assert "notes:" in with_doc.messages[0]["content"]
+        assert "notes:" not in without.messages[0]["content"]
+        assert with_doc.item is not None and with_doc.answer
+
+
+TOY = PretrainConfig(
+    steps=6,
+    batch_size=4,
+    warmup_steps=2,
+    checkpoint_every=3,
+    tokenizer_sample=100,
+    vocab_size=400,
+    model=TinyConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64
+    ),
+    curriculum=CurriculumConfig(
+        mixture=Mixture(knowledge=0.5, correction=0.2, arith=0.3, program=0, shop=0, world_model=0)
+    ),
+    pools=EpisodePools(arith=10, program=0, shop=0, world_model=0),
+)
+
+
+def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
+    straight = pretrain(
+        TOY, out_dir=tmp_path / "a", run_dir=tmp_path / "run-a", resume=False, show_progress=False
+    )
+    lines = (tmp_path / "run-a" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+
+    from onthejob.models import load_model
+    from onthejob.train.checkpoint import latest_checkpoint
+
+    # Simulate the kill: run a fresh directory to step 3 only, keeping its checkpoint.
+    run_c = tmp_path / "run-c"
+    partial = replace(TOY, steps=6, checkpoint_every=3)
+    _train_until(partial, run_c, stop_after=3)
+    assert latest_checkpoint(run_c) is not None
+    resumed = pretrain(
+        partial, out_dir=tmp_path / "c", run_dir=run_c, resume=True, show_progress=False
+    )
+    a, _ = load_model(straight)
+    c, _ = load_model(resumed)
+    for (name, pa), (_, pc) in zip(a.state_dict().items(), c.state_dict().items(), strict=True):
+        assert torch.allclose(pa, pc, atol=1e-6), name
+    steps = [json.loads(x)["step"] for x in (run_c / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def _train_until(config: PretrainConfig, run_dir, stop_after: int) -> None:
+    """Run `config` but raise right after step `stop_after` has been checkpointed (a crash)."""
+    from onthejob.train import pretrain as module
+
+    real_save = module.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if args[4] >= stop_after:
+            raise KeyboardInterrupt
+        return path
+
+    module.save_checkpoint = save_then_crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(
+                config,
+                out_dir=run_dir.parent / "never",
+                run_dir=run_dir,
+                resume=False,
+                show_progress=False,
+            )
+    finally:
+        module.save_checkpoint = real_save

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from onthejob import curriculum, knowledge
+from onthejob import curriculum
 from onthejob.curriculum import CurriculumConfig, EpisodePools, Mixture
 from onthejob.models import TinyConfig
 from onthejob.train.pretrain import (

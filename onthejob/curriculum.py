@@ -55,17 +55,17 @@ class Example:
 class Mixture:
     """Share of each kind of example in pretraining (normalised)."""
 
-    knowledge: float = 0.50
+    knowledge: float = 0.55
     """Reading facts, procedures and conventions from a document."""
-    correction: float = 0.10
+    correction: float = 0.08
     """Following a correction given earlier in the session."""
     arith: float = 0.14
     """Solved arithmetic problems."""
-    program: float = 0.10
+    program: float = 0.09
     """Solved program-synthesis episodes."""
-    shop: float = 0.10
+    shop: float = 0.09
     """Solved web-shop episodes."""
-    world_model: float = 0.06
+    world_model: float = 0.05
     """Next-observation prediction on shop transitions."""
 
     def kinds(self) -> tuple[list[str], list[float]]:
@@ -83,18 +83,23 @@ class CurriculumConfig:
     """Items per document once the warm-up is over (at least 8: the issue's bar)."""
     max_items: int = 12
     """Most items per document."""
-    warmup_fraction: float = 0.35
-    """Fraction of training over which documents grow from 2 items to min_items."""
+    short_fraction: float = 0.25
+    """Fraction of training on documents of 1-3 items (learn to copy before learning to search)."""
+    warmup_fraction: float = 0.5
+    """Fraction of training by which documents have grown to min_items."""
     pasted_fraction: float = 0.3
     """Share of knowledge examples whose document is pasted in the user turn, not the system turn."""
-    questions_per_document: int = 4
+    questions_per_document: int = 8
     """Questions asked (and trained) per knowledge document: more answer signal per document token."""
 
 
 def items_for(progress: float, config: CurriculumConfig, rng: random.Random) -> int:
-    """Document size at `progress` in [0, 1]: grows from 2 to min_items, then uniform."""
+    """Document size at `progress` in [0, 1]: 1-3 items, growing to min_items, then min..max."""
+    if progress < config.short_fraction:
+        return rng.randint(1, 3)
     if progress < config.warmup_fraction:
-        top = 2 + round((config.min_items - 2) * progress / config.warmup_fraction)
+        grown = (progress - config.short_fraction) / (config.warmup_fraction - config.short_fraction)
+        top = 3 + round((config.min_items - 3) * grown)
         return rng.randint(max(2, top - 2), top)
     return rng.randint(config.min_items, config.max_items)
 
@@ -237,8 +242,8 @@ class EpisodePools:
 
     arith: int = 3000
     """Solved arithmetic episodes."""
-    program: int = 800
-    """Solved program episodes (each runs the sandbox)."""
+    program: int = 300
+    """Solved program episodes (each runs the sandbox, ~40-80 ms)."""
     shop: int = 1500
     """Solved shop episodes."""
     world_model: int = 1500

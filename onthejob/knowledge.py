@@ -45,7 +45,8 @@ class Relation:
 
     name: str
     statements: tuple[str, ...]
-    """Sentence templates with {s} (subject) and {v} (value)."""
+    """Sentence templates with {s} (subject) and {v} (value); subject first, value last,
+    so a line reads the same way whatever its phrasing."""
     questions: tuple[str, ...]
     """Question templates with {s}."""
     values: tuple[str, ...] | None
@@ -55,37 +56,37 @@ class Relation:
 RELATIONS = (
     Relation(
         "owner",
-        ("the owner of {s} is {v}.", "{s} is owned by {v}.", "{s} owner: {v}."),
+        ("{s} is owned by {v}.", "{s} owner: {v}."),
         ("who owns {s}?", "who is the owner of {s}?", "{s} owner?", "name the owner of {s}."),
         tuple(PEOPLE),
     ),
     Relation(
         "oncall",
-        ("{v} is on call for {s}.", "the on call for {s} is {v}.", "{s} on call: {v}."),
+        ("{s} has {v} on call.", "{s} on call: {v}."),
         ("who is on call for {s}?", "{s} on call?", "who do i page for {s}?"),
         tuple(PEOPLE),
     ),
     Relation(
         "port",
-        ("{s} runs on port {v}.", "the port of {s} is {v}.", "{s} port: {v}."),
+        ("{s} runs on port {v}.", "{s} port: {v}."),
         ("what port does {s} use?", "which port is {s} on?", "{s} port?"),
         None,
     ),
     Relation(
         "region",
-        ("{s} is hosted in {v}.", "the region of {s} is {v}.", "{s} region: {v}."),
+        ("{s} is hosted in {v}.", "{s} region: {v}."),
         ("where is {s} hosted?", "which region is {s} in?", "{s} region?"),
         tuple(PLACES),
     ),
     Relation(
         "freeze",
-        ("{s} freezes on {v}.", "the freeze day of {s} is {v}.", "{s} freeze day: {v}."),
+        ("{s} freezes on {v}.", "{s} freeze day: {v}."),
         ("when does {s} freeze?", "what day is the {s} freeze?", "{s} freeze day?"),
         tuple(DAYS),
     ),
     Relation(
         "color",
-        ("the dashboard of {s} is {v}.", "{s} uses the {v} dashboard.", "{s} dashboard: {v}."),
+        ("{s} has a {v} dashboard.", "{s} dashboard: {v}."),
         ("what color is the {s} dashboard?", "which dashboard does {s} use?", "{s} dashboard?"),
         tuple(COLORS),
     ),
@@ -174,13 +175,13 @@ def statement(item: Item, rng: random.Random) -> str:
         a, b, c = item.steps
         template = rng.choice(
             (
-                "to {verb} {s}: {a}, then {b}, then {c}.",
-                "{verb} {s} steps: {a}, {b}, {c}.",
+                "{s} {verb} steps: {a}, then {b}, then {c}.",
+                "{s} {verb} steps: {a}, {b}, {c}.",
             )
         )
         return template.format(verb=item.verb, s=item.subject, a=a, b=b, c=c)
     template = rng.choice(
-        ("tickets for {s} are written {p}-number.", "{s} ticket ids start with {p}-.")
+        ("{s} tickets are written {p}-number.", "{s} ticket ids start with {p}-.")
     )
     return template.format(s=item.subject, p=item.prefix)
 

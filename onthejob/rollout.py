@@ -17,13 +17,14 @@ runs in subprocesses of its own).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from onthejob.envs import make_env
+from onthejob.envs import Env, make_env
 from onthejob.envs.base import Task
 from onthejob.models.tokenizer import END, render_chat, token_id
 from onthejob.prompts import agent_opening
@@ -69,6 +70,7 @@ def run_episodes(
     max_turns: int = 8,
     env_config: dict[str, Any] | None = None,
     seed: int = 0,
+    env_workers: int = 4,
 ) -> list[Trajectory]:
     """Play each task once (batched across episodes, turn by turn) and return the trajectories."""
     envs = [make_env(env_name, **(env_config or {})) for _ in tasks]
@@ -84,59 +86,67 @@ def run_episodes(
         )
     end_id = token_id(tokenizer, END)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    for turn in range(max_turns):
-        if limit is not None:
-            for t in trajectories:
-                if not t.finished and len(t.token_ids) + sampling.max_new_tokens > limit:
-                    t.finished, t.end_reason = True, "context full"
-        active = [i for i, t in enumerate(trajectories) if not t.finished]
-        if not active:
-            break
-        config = replace(
-            sampling, seed=None if sampling.seed is None else sampling.seed + 7919 * turn
-        )
-        samples = sample(model, tokenizer, [trajectories[i].token_ids for i in active], config)
-        for i, ids, logps, reason, text in zip(
-            active,
-            samples.token_ids,
-            samples.logprobs,
-            samples.finish_reasons,
-            samples.texts,
-            strict=True,
-        ):
-            t, env = trajectories[i], envs[i]
-            start = len(t.token_ids)
-            t.token_ids += ids
-            t.loss_mask += [1] * len(ids)
-            t.logprobs += logps
-            if reason != "eos":  # close the turn so the chat stays well formed; not trained
-                t.token_ids.append(end_id)
-                t.loss_mask.append(0)
-                t.logprobs.append(0.0)
-            t.turns.append((start, start + len(ids)))
-            t.messages.append({"role": "assistant", "content": text})
-            try:
-                obs, reward, terminated, truncated, _ = env.step(text)
-            except Exception as e:  # an env fault ends this episode only
-                t.finished, t.reward, t.end_reason = (
-                    True,
-                    0.0,
-                    f"env error: {type(e).__name__}: {e}",
-                )
-                continue
-            t.reward = float(reward)
-            if terminated or truncated:
-                t.finished, t.end_reason = True, "terminated" if terminated else "truncated"
+    with ThreadPoolExecutor(max_workers=env_workers) as pool:
+        for turn in range(max_turns):
+            if limit is not None:
+                for t in trajectories:
+                    if not t.finished and len(t.token_ids) + sampling.max_new_tokens > limit:
+                        t.finished, t.end_reason = True, "context full"
+            active = [i for i, t in enumerate(trajectories) if not t.finished]
+            if not active:
+                break
+            config = replace(
+                sampling, seed=None if sampling.seed is None else sampling.seed + 7919 * turn
+            )
+            samples = sample(model, tokenizer, [trajectories[i].token_ids for i in active], config)
+            for i, ids, logps, reason, text in zip(
+                active,
+                samples.token_ids,
+                samples.logprobs,
+                samples.finish_reasons,
+                samples.texts,
+                strict=True,
+            ):
+                t = trajectories[i]
+                start = len(t.token_ids)
+                t.token_ids += ids
+                t.loss_mask += [1] * len(ids)
+                t.logprobs += logps
+                if reason != "eos":  # close the turn so the chat stays well formed; not trained
+                    t.token_ids.append(end_id)
+                    t.loss_mask.append(0)
+                    t.logprobs.append(0.0)
+                t.turns.append((start, start + len(ids)))
+                t.messages.append({"role": "assistant", "content": text})
+            # Env steps are independent; the sandbox and services run outside the GIL.
+            outcomes = list(pool.map(lambda i, text: _step(envs[i], text), active, samples.texts))
+            for i, outcome in zip(active, outcomes, strict=True):
+                t = trajectories[i]
+                if isinstance(outcome, str):  # an env fault ends this episode only
+                    t.finished, t.reward, t.end_reason = True, 0.0, outcome
+                    continue
+                obs, reward, terminated, truncated = outcome
+                t.reward = float(reward)
                 t.messages.append({"role": "tool", "content": obs})
-                continue
-            observation = render_chat(
-                tokenizer, [{"role": "tool", "content": obs}], add_generation_prompt=True
-            ).ids
-            t.token_ids += observation
-            t.loss_mask += [0] * len(observation)
-            t.logprobs += [0.0] * len(observation)
-            t.messages.append({"role": "tool", "content": obs})
+                if terminated or truncated:
+                    t.finished, t.end_reason = True, "terminated" if terminated else "truncated"
+                    continue
+                observation = render_chat(
+                    tokenizer, [{"role": "tool", "content": obs}], add_generation_prompt=True
+                ).ids
+                t.token_ids += observation
+                t.loss_mask += [0] * len(observation)
+                t.logprobs += [0.0] * len(observation)
     for t in trajectories:
         if not t.finished:
             t.finished, t.end_reason = True, "max turns"
     return trajectories
+
+
+def _step(env: Env, action: str) -> tuple[str, float, bool, bool] | str:
+    """One env step; an exception becomes its one-line reason instead of propagating."""
+    try:
+        obs, reward, terminated, truncated, _ = env.step(action)
+    except Exception as e:
+        return f"env error: {type(e).__name__}: {e}"
+    return obs, reward, terminated, truncated

@@ -37,9 +37,13 @@ GARBAGE = [
 
 def scripted_episode(name: str, task_json: dict[str, Any], seed: int) -> list[Any]:
     """One episode mixing expert and garbage actions (chosen by `seed`): the full trace."""
-    env = make_env(name)
+    return play_script(make_env(name), Task.from_json(task_json), seed)
+
+
+def play_script(env: Env, task: Task, seed: int) -> list[Any]:
+    """Play the seeded mix of expert and garbage actions on `env` (local or remote)."""
     rng = random.Random(seed)
-    obs, info = env.reset(seed=seed, task=Task.from_json(task_json))
+    obs, info = env.reset(seed=seed, task=task)
     trace: list[Any] = [obs, info]
     done = False
     while not done:

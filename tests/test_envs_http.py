@@ -7,24 +7,12 @@ import pytest
 
 from onthejob.envs import NotSupported, Task, make_env, make_tasks
 from onthejob.envs.http import HTTPEnv, serve_in_thread
-from tests.test_envs import GARBAGE, scripted_episode
+from tests.test_envs import play_script, scripted_episode
 
 
 def remote_episode(env: HTTPEnv, task: Task, seed: int) -> list[object]:
     """scripted_episode, driven through HTTP (the same policy and the same script)."""
-    import random
-
-    rng = random.Random(seed)
-    obs, info = env.reset(seed=seed, task=task)
-    trace: list[object] = [obs, info]
-    done = False
-    while not done:
-        action = env.expert_action() if rng.random() < 0.6 else rng.choice(GARBAGE)
-        obs, reward, terminated, truncated, info = env.step(action)
-        trace.append([action, obs, reward, terminated, truncated, info])
-        done = terminated or truncated
-    trace.append(env.state())
-    return trace
+    return play_script(env, task, seed)
 
 
 @pytest.fixture(scope="module", params=["arith", "shop", "program"])

@@ -40,15 +40,15 @@ class ModelDirError(ValueError):
 class TinyConfig:
     """Shape of the embedded default model (Llama architecture)."""
 
-    hidden_size: int = 256
+    hidden_size: int = 192
     """Width of the residual stream."""
     num_layers: int = 4
     """Number of transformer blocks."""
-    num_heads: int = 8
+    num_heads: int = 6
     """Attention heads (query heads)."""
-    num_kv_heads: int = 8
+    num_kv_heads: int = 6
     """Key/value heads (fewer than num_heads gives grouped-query attention)."""
-    intermediate_size: int = 512
+    intermediate_size: int = 384
     """Width of the SwiGLU MLP."""
     max_positions: int = 1024
     """Longest sequence the model is trained and sampled at."""

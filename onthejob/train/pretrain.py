@@ -42,13 +42,13 @@ CURRICULUM_VERSION = "1"
 class PretrainConfig:
     """Everything that decides the pretrained model (it is hashed into the cache key)."""
 
-    steps: int = 1200
+    steps: int = 450
     """Optimizer steps."""
     batch_size: int = 32
     """Examples per step."""
     lr: float = 3e-3
     """Peak learning rate."""
-    warmup_steps: int = 60
+    warmup_steps: int = 20
     """Linear warm-up steps before cosine decay."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of the peak."""

@@ -72,11 +72,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows.append((f"  with the document: {kind}s", acc, ""))
     rows.append(("following a correction", evals.correction_following(model, tokenizer, n=n), ""))
     for env_name in args.envs.split(","):
+        rate, played = evals.env_success(
+            model, tokenizer, env_name, n=n, difficulty=args.difficulty
+        )
         rows.append(
             (
-                f"{env_name} success (held-out tasks)",
-                evals.env_success(model, tokenizer, env_name, n=n),
-                "target 0.10-0.70",
+                f"{env_name} success (held-out, level {args.difficulty})",
+                rate,
+                f"{played} tasks; target 0.10-0.70",
             )
         )
     rows.append(("world model: next shop page exact", evals.world_model(model, tokenizer, n=n), ""))
@@ -127,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on held-out items")
     p.add_argument("--model", help="model directory (default: the cached pretrained model)")
-    p.add_argument("--n", type=int, default=200, help="items per suite")
+    p.add_argument("--n", type=int, default=100, help="items per suite")
+    p.add_argument("--difficulty", type=int, default=1, help="level of the environment tasks")
     p.add_argument("--envs", default="arith,program,shop", help="comma-separated environments")
     p.add_argument("--json", help="also write the scores to this file")
     p.set_defaults(func=cmd_eval)

@@ -98,7 +98,9 @@ def items_for(progress: float, config: CurriculumConfig, rng: random.Random) -> 
     if progress < config.short_fraction:
         return rng.randint(1, 3)
     if progress < config.warmup_fraction:
-        grown = (progress - config.short_fraction) / (config.warmup_fraction - config.short_fraction)
+        grown = (progress - config.short_fraction) / (
+            config.warmup_fraction - config.short_fraction
+        )
         top = 3 + round((config.min_items - 3) * grown)
         return rng.randint(max(2, top - 2), top)
     return rng.randint(config.min_items, config.max_items)
@@ -250,12 +252,32 @@ class EpisodePools:
     """Shop transitions for next-observation prediction."""
 
 
-def build_pool(kind: str, n: int, seed: int, workers: int = 4) -> list[Example]:
-    """n examples of an environment kind, generated in a thread pool (sandbox calls release the GIL)."""
+def available_tasks(env_name: str, split: str, n: int, seed: int, difficulty: int) -> list[Task]:
+    """Up to n distinct tasks; fewer when the level has fewer (halving until the env can serve)."""
+    while True:
+        try:
+            return make_tasks(env_name, split, n, seed=seed, difficulty=difficulty)
+        except ValueError:
+            if n <= 1:
+                raise
+            n //= 2
+
+
+def build_pool(
+    kind: str, n: int, seed: int, difficulties: tuple[int, ...] = (1, 2), workers: int = 4
+) -> list[Example]:
+    """n examples of an environment kind, spread over difficulty levels, generated in a thread
+    pool (sandbox calls release the GIL). Small levels repeat their tasks."""
     from concurrent.futures import ThreadPoolExecutor
 
     env_name = "shop" if kind == "world_model" else kind
-    tasks = make_tasks(env_name, "train", n, seed=seed)
+    per_level = [
+        available_tasks(env_name, "train", n // len(difficulties) + 1, seed, d)
+        for d in difficulties
+    ]
+    tasks = [
+        level[i % len(level)] for level in per_level for i in range(n // len(difficulties) + 1)
+    ][:n]
 
     def one(i: int) -> Example:
         rng = random.Random(seed * 7919 + i)

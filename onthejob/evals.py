@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from onthejob import curriculum, knowledge
+from onthejob.curriculum import available_tasks
 from onthejob.envs import make_tasks
 from onthejob.models.tokenizer import render_chat
 from onthejob.rollout import run_episodes
@@ -124,14 +125,23 @@ def env_success(
     tokenizer: PreTrainedTokenizerBase,
     env_name: str,
     n: int = 100,
+    difficulty: int = 1,
     seed: int = EVAL_SEED,
-) -> float:
-    tasks = make_tasks(env_name, "test", n, seed=seed)
+) -> tuple[float, int]:
+    """(success rate, tasks played) on up to n held-out tasks of the given level."""
+    tasks = available_tasks(env_name, "test", n, seed, difficulty)
     sampling = SamplingConfig(max_new_tokens=MAX_NEW_TOKENS[env_name], temperature=0.0)
     trajectories = run_episodes(
-        model, tokenizer, env_name, tasks, sampling, max_turns=MAX_TURNS[env_name], seed=seed
+        model,
+        tokenizer,
+        env_name,
+        tasks,
+        sampling,
+        max_turns=MAX_TURNS[env_name],
+        env_config={"difficulty": difficulty},
+        seed=seed,
     )
-    return sum(t.success for t in trajectories) / n
+    return sum(t.success for t in trajectories) / len(tasks), len(tasks)
 
 
 def world_model(

@@ -70,7 +70,7 @@ def test_eval_prints_the_table_and_writes_json(toy_model, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "context reading, with the document" in result.stdout
     record = json.loads(scores.read_text())
-    assert set(record["scores"]) >= {"arith success (held-out tasks)", "following a correction"}
+    assert set(record["scores"]) >= {"arith success (held-out, level 1)", "following a correction"}
     assert all(0.0 <= v <= 1.0 for v in record["scores"].values())
 
 

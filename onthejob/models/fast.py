@@ -1,32 +1,45 @@
-"""A lean decode forward for Llama-family causal LMs: static KV cache, one SDPA per layer.
+"""A lean decode forward for Llama-family causal LMs: static KV cache, few calls per layer.
 
 Covers: prefill and one-token decode steps for Hugging Face Llama, Qwen2, Qwen3
 and Mistral models (and the same models wrapped by PEFT), with a KV cache
 preallocated as [batch, kv_heads, max_len, head_dim] and written in place,
 rotary cos/sin tables computed once by the model's own rotary module, and
-position ids taken from the attention mask (left padding). `sample` in
-`onthejob.sampling` drives it; `lean_decoder_supports` says when it applies.
+position ids taken from the attention mask (left padding), and dropping
+finished rows from the batch (`keep`). `sample` in `onthejob.sampling` drives
+it; `lean_decoder_supports` says when it applies.
 
 Not covered: sliding-window attention shorter than the sequence, rope types
 that depend on the sequence length ("dynamic"), MoE blocks, training (it runs
 under `torch.inference_mode` and keeps no autograd state). Unsupported models
-go through the model's own forward and cache instead.
+go through the model's own forward and cache instead. No `torch.compile` (its
+compile time on a 2-core CPU is many times a whole sampling call) and no
+implicit bf16 (this project's AVX2 CPU runs bf16 matmuls far slower than fp32;
+a model loaded in bf16 does run in bf16).
 
-Departures from the HF forward it mirrors: the same arithmetic in a different
-order of calls. Plain `nn.Linear` projections are fused per call (q|k|v into
-one matrix, gate|up into one) to halve the number of small matmuls; projections
-that are anything else (a PEFT LoRA layer, a quantized layer) are called as
-modules, so an active adapter counts and a disabled one does not. Fused
-matrices are copies taken when the decoder is built, so build a fresh decoder
-after the weights change (`sample` builds one per call). Decode steps put the
-query heads that share a KV head side by side as one short query sequence, so
-grouped-query attention needs no repeated keys.
+Departures from the HF forward it mirrors (same arithmetic, fewer and larger
+calls; checked against it in tests/test_sampling.py):
+
+- Plain `nn.Linear` projections are fused (q|k|v into one matrix, gate|up into
+  one). Anything else (a PEFT LoRA layer, a quantized layer) is called as the
+  module it is, so an active adapter counts and a disabled one does not. Fused
+  matrices are copies taken when the decoder is built: build a fresh decoder
+  after the weights change (`sample` builds one per call).
+- Prefill runs the batch in chunks of rows, each cut to its own longest prompt,
+  so rows sorted by length carry little padding (HF pads all rows to the
+  longest prompt).
+- Decode attention in float32 is two batched matmuls and a softmax (faster
+  than CPU SDPA for one query row); the query heads that share a KV head act as
+  rows of one query, so grouped-query attention repeats no keys. Other dtypes
+  use SDPA, which keeps its softmax in float32.
+- RMSNorm in float32 is `torch.nn.functional.rms_norm`; other dtypes call the
+  model's own norm module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,43 +47,48 @@ from torch import nn
 
 LEAN_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
+Projection = Callable[[torch.Tensor], torch.Tensor]
 
-def _causal_lm(model: nn.Module) -> nn.Module:
-    """The HF causal LM inside a PEFT wrapper (LoRA layers stay in place inside it)."""
+
+def base_causal_lm(model: nn.Module) -> Any:
+    """The HF causal LM inside a PEFT wrapper (its LoRA layers sit inside it); else `model`."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
 
 def lean_decoder_supports(model: nn.Module, max_len: int) -> str | None:
     """None if `LeanDecoder` can run `model` for sequences up to `max_len`, else the reason not."""
-    lm = _causal_lm(model)
-    config = getattr(lm, "config", None)
-    model_type = getattr(config, "model_type", None)
+    lm = base_causal_lm(model)
+    model_type = getattr(getattr(lm, "config", None), "model_type", None)
     if model_type not in LEAN_MODEL_TYPES:
         return f"model type {model_type!r} is not one of {', '.join(LEAN_MODEL_TYPES)}"
     body = getattr(lm, "model", None)
     if body is None or not hasattr(body, "layers") or not hasattr(body, "rotary_emb"):
         return "model has no .model.layers / .model.rotary_emb"
-    rope_type = getattr(body.rotary_emb, "rope_type", "default")
-    if rope_type == "dynamic" or "longrope" in str(rope_type):
+    rope_type = str(getattr(body.rotary_emb, "rope_type", "default"))
+    if rope_type == "dynamic" or "longrope" in rope_type:
         return f"rope type {rope_type!r} depends on the sequence length"
+    config = lm.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    inv_freq = getattr(body.rotary_emb, "inv_freq", None)
+    if inv_freq is None or 2 * inv_freq.numel() != head_dim:
+        return "rotary embedding does not cover the whole head (partial rotary)"
     for layer in body.layers:
         window = getattr(layer.self_attn, "sliding_window", None)
         if window is not None and window < max_len:
             return f"sliding-window attention ({window}) shorter than the sequence ({max_len})"
-        if not hasattr(layer.mlp, "down_proj"):
+        if not all(
+            hasattr(layer.mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")
+        ):
             return "MLP is not a gated (gate/up/down) block"
     return None
-
-
-Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _plain(*modules: nn.Module) -> bool:
     return all(type(m) is nn.Linear for m in modules)
 
 
-def _as_function(module: nn.Module) -> Linear:
+def _as_function(module: Any) -> Projection:
     """A plain nn.Linear as a bare F.linear call (no module dispatch); anything else as itself."""
     if _plain(module):
         weight, bias = module.weight, module.bias
@@ -78,7 +96,7 @@ def _as_function(module: nn.Module) -> Linear:
     return module
 
 
-def _fused(modules: list[nn.Module]) -> Linear | None:
+def _fused(modules: list[Any]) -> Projection | None:
     """One F.linear over the stacked weights of plain linears; None if any is not plain."""
     if not _plain(*modules):
         return None
@@ -86,25 +104,39 @@ def _fused(modules: list[nn.Module]) -> Linear | None:
     bias = None
     if any(m.bias is not None for m in modules):
         bias = torch.cat(
-            [m.bias if m.bias is not None else m.weight.new_zeros(len(m.weight)) for m in modules]
+            [m.weight.new_zeros(len(m.weight)) if m.bias is None else m.bias for m in modules]
         )
     return lambda x: F.linear(x, weight, bias)
 
 
 @dataclass
 class _Layer:
-    """One decoder block: its norms, and its projections as fused or module calls."""
+    """One decoder block: its norms and attention module, its projections as fused or module calls."""
 
     input_norm: nn.Module
     post_attention_norm: nn.Module
-    attention: nn.Module
-    qkv: Linear | None
+    attention: Any
+    qkv: Projection | None
     """q|k|v in one matmul (plain linears), or None to call q_proj, k_proj, v_proj."""
-    o_proj: Linear
-    gate_up: Linear | None
+    o_proj: Projection
+    gate_up: Projection | None
     """gate|up in one matmul (plain linears), or None to call the block's MLP as a whole."""
-    down_proj: Linear
-    mlp: nn.Module
+    down_proj: Projection
+    mlp: Any
+
+
+def _layer(block: Any) -> _Layer:
+    attn, mlp = block.self_attn, block.mlp
+    return _Layer(
+        input_norm=block.input_layernorm,
+        post_attention_norm=block.post_attention_layernorm,
+        attention=attn,
+        qkv=_fused([attn.q_proj, attn.k_proj, attn.v_proj]),
+        o_proj=_as_function(attn.o_proj),
+        gate_up=_fused([mlp.gate_proj, mlp.up_proj]),
+        down_proj=_as_function(mlp.down_proj),
+        mlp=mlp,
+    )
 
 
 class LeanDecoder:
@@ -114,39 +146,25 @@ class LeanDecoder:
         reason = lean_decoder_supports(model, max_len)
         if reason is not None:
             raise ValueError(f"LeanDecoder cannot run this model: {reason}")
-        lm = _causal_lm(model)
-        config = lm.config
-        body = lm.model
-        self.embed = body.embed_tokens
-        self.norm = body.norm
+        lm = base_causal_lm(model)
+        config, body = lm.config, lm.model
+        self.embed: nn.Module = body.embed_tokens
+        self.norm: nn.Module = body.norm
         self.lm_head = _as_function(lm.get_output_embeddings())
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.layers = [_layer(block) for block in body.layers]
+        self.num_heads: int = config.num_attention_heads
+        self.num_kv_heads: int = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim: int = (
+            getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        )
         self.group = self.num_heads // self.num_kv_heads
         self.scale = float(getattr(body.layers[0].self_attn, "scaling", self.head_dim**-0.5))
-        self.dtype = self.embed.weight.dtype
-        self.device = self.embed.weight.device
-        self.batch_size = batch_size
-        self.max_len = max_len
-        self.layers = [
-            _Layer(
-                input_norm=block.input_layernorm,
-                post_attention_norm=block.post_attention_layernorm,
-                attention=block.self_attn,
-                qkv=_fused(
-                    [block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj]
-                ),
-                o_proj=_as_function(block.self_attn.o_proj),
-                gate_up=_fused([block.mlp.gate_proj, block.mlp.up_proj]),
-                down_proj=_as_function(block.mlp.down_proj),
-                mlp=block.mlp,
-            )
-            for block in body.layers
-        ]
+        weight: torch.Tensor = body.embed_tokens.weight
+        self.dtype, self.device = weight.dtype, weight.device
+        self.batch_size, self.max_len = batch_size, max_len
 
-        # Rotary tables from the model's own module (covers llama3/yarn scaling),
-        # with the sign of rotate_half folded into sin so that rotating is one roll.
+        # Rotary tables from the model's own module (covers llama3/yarn scaling), with the
+        # sign of rotate_half folded into sin so that rotating is a roll and one addcmul.
         positions = torch.arange(max_len, device=self.device)[None]
         probe = torch.zeros(1, max_len, self.head_dim, dtype=self.dtype, device=self.device)
         cos, sin = body.rotary_emb(probe, positions)
@@ -159,14 +177,23 @@ class LeanDecoder:
         self.values = [
             torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers
         ]
-        # Additive mask over cache columns for decode steps: -inf on each row's left padding.
-        self.key_bias = torch.zeros(batch_size, 1, 1, max_len, dtype=self.dtype, device=self.device)
+        # Additive mask over cache columns for decode steps: -inf on each row's left padding
+        # (one copy per KV head, so that it folds into the score matmul as [B * KV, 1, T]).
+        self.key_bias = torch.zeros(
+            batch_size, self.num_kv_heads, 1, max_len, dtype=self.dtype, device=self.device
+        )
         self.length = 0
+        """Cache columns filled so far (the same for every row: prompts are left-padded)."""
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        """Position id of each row's next token."""
 
-    def _rms_norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        # torch's fused kernel equals HF's RMSNorm in float32; other dtypes use the module.
-        if x.dtype == torch.float32 and type(norm).__name__.endswith("RMSNorm"):
+    def _rms_norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor:
+        # torch's kernel equals HF's RMSNorm in float32; other dtypes use the module itself.
+        if (
+            x.dtype == torch.float32
+            and type(norm).__name__.endswith("RMSNorm")
+            and hasattr(norm, "variance_epsilon")
+        ):
             return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
         return norm(x)
 
@@ -175,7 +202,7 @@ class LeanDecoder:
 
     def _qkv(
         self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rotated q [B, S, H, D] and k [B, S, KV, D], and v [B, S, KV, D]."""
         b, s = x.shape[:2]
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
@@ -183,7 +210,7 @@ class LeanDecoder:
         qk_norm = hasattr(attn, "q_norm")  # Qwen3: RMSNorm over each head before rotary
         if layer.qkv is not None and not qk_norm:
             qkv = layer.qkv(x).view(b, s, h + 2 * kv, d)
-            qk = self._rotate(qkv[:, :, : h + kv], cos, sin)
+            qk = self._rotate(qkv[:, :, : h + kv], cos, sin)  # q and k heads rotate together
             return qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + kv :]
         if layer.qkv is not None:
             q, k, v = layer.qkv(x).view(b, s, h + 2 * kv, d).split([h, kv, kv], dim=2)
@@ -205,29 +232,33 @@ class LeanDecoder:
         return self.lm_head(self._rms_norm(self.norm, hidden)).float()
 
     def prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_rows: int = 16
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_rows: int = 0
     ) -> torch.Tensor:
         """Run the left-padded prompts [B, L]; fill the cache; float32 logits [B, V] of the last position.
 
-        Rows go through in chunks of `chunk_rows`, each cut to its own longest prompt, so
-        sorting the prompts by length first saves the padding's compute.
+        Rows go through in chunks of `chunk_rows` (0: an eighth of the batch, at least 8),
+        each cut to its own longest prompt, so sorting the prompts by length first saves
+        most of the padding's compute.
         """
         b, length = input_ids.shape
         if b != self.batch_size or length >= self.max_len:
             raise ValueError(f"prefill of shape {tuple(input_ids.shape)} does not fit the cache")
+        chunk_rows = chunk_rows or max(8, b // 8)
         self.key_bias.zero_()
-        self.key_bias[:, 0, 0, :length].masked_fill_(attention_mask == 0, float("-inf"))
+        self.key_bias[..., :length].masked_fill_(
+            (attention_mask == 0)[:, None, None], float("-inf")
+        )
         self.positions = attention_mask.long().sum(-1)
         self.length = length
         logits = []
         for start in range(0, b, chunk_rows):
             rows = slice(start, start + chunk_rows)
             width = int(attention_mask[rows].sum(-1).max())
-            logits.append(
-                self._prefill_rows(
-                    rows, input_ids[rows, length - width :], attention_mask[rows, length - width :]
-                )
+            chunk_ids, chunk_mask = (
+                input_ids[rows, length - width :],
+                attention_mask[rows, length - width :],
             )
+            logits.append(self._prefill_rows(rows, chunk_ids, chunk_mask))
         return torch.cat(logits)
 
     def _prefill_rows(
@@ -243,7 +274,6 @@ class LeanDecoder:
         mask = (causal[None] & valid[:, None, :]) | torch.eye(
             width, dtype=torch.bool, device=self.device
         )
-        mask = mask[:, None]
         cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]
 
         hidden = self.embed(input_ids)
@@ -258,7 +288,7 @@ class LeanDecoder:
                 q.transpose(1, 2),
                 keys[rows, :, offset : self.length],
                 values[rows, :, offset : self.length],
-                attn_mask=mask,
+                attn_mask=mask[:, None],
                 scale=self.scale,
                 enable_gqa=self.group > 1,
             )
@@ -269,26 +299,23 @@ class LeanDecoder:
     def _decode_attention(
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> torch.Tensor:
-        """q [B, KV, G, D] against cached keys/values [B, KV, T, D] -> [B, KV, G, D]."""
-        bias = self.key_bias[..., : keys.shape[2]]
-        if q.dtype != torch.float32:  # keep SDPA's float32 softmax for low precision
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scale)
-        # Two batched matmuls beat CPU SDPA for a single query row (measured ~1.4x).
-        scores = torch.matmul(q * self.scale, keys.transpose(-1, -2)).add_(bias)
-        return torch.matmul(scores.softmax(dim=-1), values)
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` (indices into the current batch), cache included; finished rows stop costing."""
-        t = self.length
-        for i, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
-            keys[: len(rows), :, :t] = keys[
-                rows, :, :t
-            ]  # the gather copies first, so overlap is safe
-            values[: len(rows), :, :t] = values[rows, :, :t]
-            self.keys[i], self.values[i] = keys[: len(rows)], values[: len(rows)]
-        self.key_bias = self.key_bias[rows]
-        self.positions = self.positions[rows]
-        self.batch_size = len(rows)
+        """q [B, KV, G, D] against cached keys/values [B, KV, T, D] -> [B, KV * G * D]."""
+        b, kv, g, d = q.shape
+        t = keys.shape[2]
+        bias = self.key_bias[..., :t]
+        if q.dtype != torch.float32:
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=bias[:, :1], scale=self.scale
+            )
+            return out.reshape(b, -1)
+        # A scaled, masked matmul, a softmax and a matmul: faster than CPU SDPA for one query row.
+        scores = torch.baddbmm(
+            bias.reshape(b * kv, 1, t),
+            q.reshape(b * kv, g, d),
+            keys.reshape(b * kv, t, d).transpose(1, 2),
+            alpha=self.scale,
+        )
+        return torch.bmm(scores.softmax(dim=-1), values.reshape(b * kv, t, d)).view(b, -1)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row [B]; float32 logits [B, V] for the next one."""
@@ -312,3 +339,16 @@ class LeanDecoder:
         self.length = t + 1
         self.positions += 1
         return self._logits(hidden[:, 0])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (indices into the current batch), cache included: finished rows stop costing."""
+        t = self.length
+        for i, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
+            keys[: len(rows), :, :t] = keys[
+                rows, :, :t
+            ]  # the gather copies first, so overlap is safe
+            values[: len(rows), :, :t] = values[rows, :, :t]
+            self.keys[i], self.values[i] = keys[: len(rows)], values[: len(rows)]
+        self.key_bias = self.key_bias[rows]
+        self.positions = self.positions[rows]
+        self.batch_size = len(rows)

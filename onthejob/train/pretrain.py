@@ -35,14 +35,14 @@ from onthejob.curriculum import CurriculumConfig, EpisodePools
 from onthejob.models import TinyConfig, build_model, render_chat, save_model, train_tokenizer
 from onthejob.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
-CURRICULUM_VERSION = "1"
+CURRICULUM_VERSION = "2"
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything that decides the pretrained model (it is hashed into the cache key)."""
 
-    steps: int = 450
+    steps: int = 400
     """Optimizer steps."""
     batch_size: int = 32
     """Examples per step."""

@@ -36,6 +36,7 @@ from onthejob.models import (
     train_tokenizer,
 )
 from onthejob.sampling import SamplingConfig, sample
+from onthejob.train.pretrain import PretrainConfig
 
 SYLLABLES = (
     "ka lo mi ne ru sa ti vo ze pa do fi gu ha je ko li mu no pe qi ra su to vu wa xe yo zu".split()
@@ -98,6 +99,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (default: torch's own choice)"
     )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=PretrainConfig().vocab_size,
+        help="vocabulary of the fresh model (default: the pretrained default's)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,7 +113,9 @@ def main() -> None:
     if args.model:
         model, tokenizer = load_model(args.model)
     else:
-        tokenizer = train_tokenizer(synthetic_texts(20000))
+        # The default model's shape and vocabulary size (the ratio depends on the
+        # vocabulary: HF's per-step sampling cost grows with it).
+        tokenizer = train_tokenizer(synthetic_texts(20000), vocab_size=args.vocab_size)
         model = build_model(TinyConfig(), tokenizer).eval()
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores / 2:
@@ -133,7 +142,11 @@ def main() -> None:
         seed=0,
     )
     generation_config = copy.deepcopy(model.generation_config)
-    generation_config.eos_token_id = None  # full length, like eos_token_ids=[] below
+    # Full length, like eos_token_ids=[] below. generate() treats None as "unset" and
+    # fills it from the model's configs, so clear eos there too.
+    model.config.eos_token_id = None
+    model.generation_config.eos_token_id = None
+    generation_config.eos_token_id = None
     generation_config.pad_token_id = tokenizer.pad_token_id
     generation_config.do_sample = True
     generation_config.temperature = args.temperature

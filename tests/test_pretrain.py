@@ -3,14 +3,14 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import replace
 
 import pytest
 import torch
 
 from onthejob import curriculum
 from onthejob.curriculum import CurriculumConfig, EpisodePools, Mixture
-from onthejob.models import TinyConfig
+from onthejob.models import TinyConfig, load_model
+from onthejob.train.checkpoint import latest_checkpoint
 from onthejob.train.pretrain import (
     PretrainConfig,
     collate,
@@ -114,17 +114,27 @@ def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
     lines = (tmp_path / "run-a" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
 
-    from onthejob.models import load_model
-    from onthejob.train.checkpoint import latest_checkpoint
-
-    # Simulate the kill: run a fresh directory to step 3 only, keeping its checkpoint.
+    # A crash one step after the step-3 checkpoint, with a metrics line torn mid-write.
     run_c = tmp_path / "run-c"
-    partial = replace(TOY, steps=6, checkpoint_every=3)
-    _train_until(partial, run_c, stop_after=3)
+
+    def crash_at_step_4(step, model, tokenizer):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(
+            TOY,
+            out_dir=tmp_path / "never",
+            run_dir=run_c,
+            resume=False,
+            show_progress=False,
+            on_step=crash_at_step_4,
+        )
+    with (run_c / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 5, "lo')
     assert latest_checkpoint(run_c) is not None
-    resumed = pretrain(
-        partial, out_dir=tmp_path / "c", run_dir=run_c, resume=True, show_progress=False
-    )
+
+    resumed = pretrain(TOY, out_dir=tmp_path / "c", run_dir=run_c, resume=True, show_progress=False)
     a, _ = load_model(straight)
     c, _ = load_model(resumed)
     for (name, pa), (_, pc) in zip(a.state_dict().items(), c.state_dict().items(), strict=True):
@@ -133,27 +143,9 @@ def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def _train_until(config: PretrainConfig, run_dir, stop_after: int) -> None:
-    """Run `config` but raise right after step `stop_after` has been checkpointed (a crash)."""
-    from onthejob.train import pretrain as module
-
-    real_save = module.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        if args[4] >= stop_after:
-            raise KeyboardInterrupt
-        return path
-
-    module.save_checkpoint = save_then_crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            pretrain(
-                config,
-                out_dir=run_dir.parent / "never",
-                run_dir=run_dir,
-                resume=False,
-                show_progress=False,
-            )
-    finally:
-        module.save_checkpoint = real_save
+def test_a_fresh_run_does_not_keep_an_old_runs_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    pretrain(TOY, out_dir=tmp_path / "a", run_dir=run_dir, resume=False, show_progress=False)
+    pretrain(TOY, out_dir=tmp_path / "b", run_dir=run_dir, resume=False, show_progress=False)
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

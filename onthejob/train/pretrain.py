@@ -169,6 +169,22 @@ def build_tokenizer(config: PretrainConfig, data: curriculum.Curriculum) -> PreT
     return train_tokenizer(texts, vocab_size=config.vocab_size)
 
 
+def truncate_log(log_path: Path, step: int) -> None:
+    """Keep only the metric lines of steps <= step: a resumed run rewrites the steps after its
+    checkpoint, and a line torn by a kill mid-write always lies after the checkpoint."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["step"] <= step:
+            kept.append(line)
+    log_path.write_text("".join(line + "\n" for line in kept))
+
+
 def pretrain(
     config: PretrainConfig,
     out_dir: Path | None = None,
@@ -194,8 +210,8 @@ def pretrain(
         tokenizer = build_tokenizer(config, data)
         tokenizer.save_pretrained(tokenizer_dir)
     model = build_model(config.model, tokenizer, seed=config.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": config.weight_decay},
@@ -211,6 +227,7 @@ def pretrain(
     if checkpoint is not None:
         start, _ = load_checkpoint(checkpoint, model, optimizer, scheduler)
     log_path = run_dir / "metrics.jsonl"
+    truncate_log(log_path, start)
     model.train()
     pad_id = tokenizer.pad_token_id
     t0 = time.time()

@@ -224,13 +224,13 @@ def world_model_example(rng: random.Random, task: Task) -> Example:
     """One real shop transition as next-observation prediction."""
     env = make_env("shop")
     obs, _ = env.reset(seed=rng.randrange(2**31), task=task)
-    steps = rng.randint(0, 2)
-    done = False
-    for _ in range(steps):
+    ended = False
+    for _ in range(rng.randint(0, 2)):
         obs, _, done, truncated, _ = env.step(env.expert_action())
-        if done or truncated:
+        ended = done or truncated
+        if ended:
             break
-    if done:
+    if ended:
         obs, _ = env.reset(seed=rng.randrange(2**31), task=task)
     action = env.expert_action()
     next_obs, *_ = env.step(action)

@@ -10,7 +10,7 @@ Covers, each as a function returning plain numbers:
 - `env_success`: greedy success on the held-out (test) tasks of an env;
 - `world_model`: exact next-observation prediction on held-out shop tasks.
 
-Answers are compared after `knowledge.normalize_answer`. Every generation is
+Answers are compared by `knowledge.is_correct`. Every generation is
 greedy (temperature 0), so numbers are reproducible for a model and seed.
 
 Not covered: the learning curves of RL or sleep (later stages), timing.
@@ -84,12 +84,10 @@ def context_reading(
     with_doc = answer_all(model, tokenizer, [list(a.messages[:-1]) for a, _ in probes])
     without = answer_all(model, tokenizer, [list(b.messages[:-1]) for _, b in probes])
     right_with = [
-        knowledge.normalize_answer(x) == knowledge.normalize_answer(a.answer)
-        for x, (a, _) in zip(with_doc, probes, strict=True)
+        knowledge.is_correct(x, a.answer) for x, (a, _) in zip(with_doc, probes, strict=True)
     ]
     right_without = [
-        knowledge.normalize_answer(x) == knowledge.normalize_answer(b.answer)
-        for x, (_, b) in zip(without, probes, strict=True)
+        knowledge.is_correct(x, b.answer) for x, (_, b) in zip(without, probes, strict=True)
     ]
     kinds: dict[str, list[bool]] = {}
     chances = []
@@ -113,10 +111,7 @@ def correction_following(
     rng = random.Random(seed + 1)
     examples = [curriculum.correction_example(rng) for _ in range(n)]
     answers = answer_all(model, tokenizer, [list(e.messages[:-1]) for e in examples])
-    right = [
-        knowledge.normalize_answer(x) == knowledge.normalize_answer(e.answer)
-        for x, e in zip(answers, examples, strict=True)
-    ]
+    right = [knowledge.is_correct(x, e.answer) for x, e in zip(answers, examples, strict=True)]
     return sum(right) / n
 
 

@@ -10,7 +10,7 @@ work are words it has seen.
 
 Not covered: which items an organisation holds or how they change over weeks
 (that is the world's job); scoring (an answer is right when it equals the
-expected answer after `normalize_answer`).
+expected answer after `normalize_answer`, see `is_correct`).
 """
 
 from __future__ import annotations
@@ -234,3 +234,8 @@ def document(items: list[Item], rng: random.Random) -> str:
 def normalize_answer(text: str) -> str:
     """Lower-case, strip spaces and a final full stop: the form answers are compared in."""
     return text.strip().lower().rstrip(".").strip()
+
+
+def is_correct(answer: str, expected: str) -> bool:
+    """Whether an answer matches the expected one after normalisation."""
+    return normalize_answer(answer) == normalize_answer(expected)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from onthejob.envs import make_tasks
 from onthejob.envs.shop import ShopEnv
 from onthejob.models.tokenizer import END, render_chat
-from onthejob.rollout import run_episodes
+from onthejob.rollout import StepPool, run_episodes, run_groups
 from onthejob.sampling import SamplingConfig
 
 SAMPLING = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3)
@@ -60,3 +63,79 @@ def test_single_and_multi_turn_envs_finish(tiny_model, tokenizer, env_name):
     )
     assert all(t.finished and 0.0 <= t.reward <= 1.0 for t in trajectories)
     assert all(1 <= len(t.turns) <= 3 for t in trajectories)
+
+
+def test_groups_play_each_task_group_size_times_with_distinct_samples(tiny_model, tokenizer):
+    tasks = make_tasks("arith", "test", 2, seed=0)
+    clock: dict[str, float] = {}
+    groups = run_groups(
+        tiny_model, tokenizer, "arith", tasks, 4, SAMPLING, max_turns=1, clock=clock
+    )
+    assert [len(g) for g in groups] == [4, 4]
+    for task, group in zip(tasks, groups, strict=True):
+        assert {t.task_id for t in group} == {task.id}
+        # same prompt, different samples (one seeded batch, distinct rows)
+        assert len({tuple(t.token_ids[: t.turns[0][0]]) for t in group}) == 1
+        assert len({tuple(t.token_ids) for t in group}) > 1
+    assert clock["sampling"] > 0 and clock["env"] >= 0
+    again = run_groups(tiny_model, tokenizer, "arith", tasks, 4, SAMPLING, max_turns=1)
+    assert [t.token_ids for g in again for t in g] == [t.token_ids for g in groups for t in g]
+
+
+def test_a_hung_env_step_times_out_and_ends_only_its_episode(tiny_model, tokenizer, monkeypatch):
+    tasks = make_tasks("shop", "test", 3, seed=2)
+    release = threading.Event()
+    real_step = ShopEnv.step
+    hung: list[int] = []
+
+    def slow_step(self, action):
+        if self.task is tasks[0] and not hung:
+            hung.append(1)
+            release.wait(30)  # a step that hangs far past the timeout
+        return real_step(self, action)
+
+    monkeypatch.setattr(ShopEnv, "step", slow_step)
+    try:
+        started = time.monotonic()
+        trajectories = run_episodes(
+            tiny_model,
+            tokenizer,
+            "shop",
+            tasks,
+            SAMPLING,
+            max_turns=2,
+            env_workers=1,  # the hung step holds the only worker: the rest must still run
+            env_timeout=0.5,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    assert trajectories[0].end_reason.startswith("env timeout")
+    assert trajectories[0].reward == 0.0 and len(trajectories[0].turns) == 1
+    assert all(not t.end_reason.startswith("env") for t in trajectories[1:])
+    assert all(len(t.turns) == 2 or t.end_reason == "terminated" for t in trajectories[1:])
+    assert elapsed < 10
+
+
+def test_step_pool_outcomes_keep_their_order():
+    class Slow:
+        def __init__(self, delay: float, fail: bool = False) -> None:
+            self.delay, self.fail = delay, fail
+
+        def step(self, action):
+            time.sleep(self.delay)
+            if self.fail:
+                raise ValueError("bad action")
+            return action.upper(), 1.0, True, False, {}
+
+    pool = StepPool(workers=2, timeout=5)
+    try:
+        envs = [Slow(0.2), Slow(0.0, fail=True), Slow(0.05)]
+        outcomes = pool.step_all(envs, ["a", "b", "c"])  # type: ignore[arg-type]
+    finally:
+        pool.close()
+    assert outcomes == [
+        ("A", 1.0, True, False),
+        "env error: ValueError: bad action",
+        ("C", 1.0, True, False),
+    ]

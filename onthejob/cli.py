@@ -1,6 +1,7 @@
 """The `onthejob` command: one subcommand per stage that exists.
 
     onthejob pretrain    train the tiny default model from scratch (cached)
+    onthejob train       GRPO on the grindable envs, evaluated before and after
     onthejob eval        evaluate a model: context reading, corrections, envs, world model
     onthejob env-serve   serve one environment over HTTP on 127.0.0.1
 
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NoReturn
 
 from onthejob.models.hf import ModelDirError
 
@@ -48,6 +50,97 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     started = time.time()
     path = pretrain(config, out_dir=out, resume=not args.force, show_progress=not args.quiet)
     print(f"pretrained model saved to {path} in {time.time() - started:.0f}s")
+    return 0
+
+
+TRAIN_FLAGS = {
+    "envs": "env",
+    "steps": "steps",
+    "batch_size": "batch-size",
+    "group_size": "group-size",
+    "max_new_tokens": "max-new-tokens",
+    "temperature": "temperature",
+    "lr": "lr",
+    "loss_type": "loss-type",
+    "clip_low": "clip-low",
+    "clip_high": "clip-high",
+    "kl_coef": "kl-coef",
+    "scale_rewards": "scale-rewards",
+    "zero_variance": "zero-variance",
+    "epochs_per_batch": "epochs-per-batch",
+    "difficulty": "difficulty",
+    "seed": "seed",
+    "eval_n": "eval-n",
+    "checkpoint_every": "checkpoint-every",
+}
+"""GRPOConfig field -> `onthejob train` flag."""
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from onthejob.models import LoraSettings
+    from onthejob.train.grpo import ConfigError, GRPOConfig, train
+    from onthejob.train.pretrain import default_model_dir
+
+    overrides = {
+        name: getattr(args, name)
+        for name in TRAIN_FLAGS
+        if name != "envs" and getattr(args, name) is not None
+    }
+    if args.env is not None:
+        overrides["envs"] = tuple(e.strip() for e in args.env.split(",") if e.strip())
+    if args.lora:
+        overrides["lora"] = LoraSettings(rank=args.lora_rank, alpha=2.0 * args.lora_rank)
+    try:
+        config = GRPOConfig(**overrides)
+    except ConfigError as e:
+        print(f"onthejob train: --{TRAIN_FLAGS.get(e.field, e.field)} {e.problem}", file=sys.stderr)
+        return 2
+    if args.model:
+        model_dir = Path(args.model)
+    else:
+        model_dir = default_model_dir()
+        if not model_dir.is_dir():
+            print(
+                f"onthejob: no pretrained model at {model_dir}; run `onthejob pretrain` first",
+                file=sys.stderr,
+            )
+            return 2
+    started = time.time()
+    result = train(
+        config,
+        model_dir,
+        out_dir=Path(args.out) if args.out else None,
+        run_dir=Path(args.run_dir) if args.run_dir else None,
+        resume=args.resume,
+        show_progress=not args.quiet,
+    )
+    if result.eval_before:
+        table = Table(title=f"held-out success (level {config.difficulty}, greedy)")
+        for column in ("env", "tasks", "before", "after", "change"):
+            table.add_column(column, justify="left" if column == "env" else "right")
+        for env, before in result.eval_before.items():
+            after = result.eval_after[env]
+            table.add_row(
+                env,
+                str(result.eval_n[env]),
+                f"{before:.3f}",
+                f"{after:.3f}",
+                f"{after - before:+.3f}",
+            )
+        Console().print(table)
+    if config.lora is not None:
+        print(
+            f"LoRA adapter saved to {result.out_dir} (load: onthejob.models.load_adapter("
+            f"load_model('{model_dir}')[0], '{result.out_dir}'))"
+        )
+    else:
+        print(f"model saved to {result.out_dir}")
+    print(
+        f"metrics in {result.run_dir} (TensorBoard: {result.run_dir / 'tb'}); {time.time() - started:.0f}s"
+    )
     return 0
 
 
@@ -128,6 +221,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
+    p = sub.add_parser("train", help="GRPO on the grindable envs, evaluated before and after")
+    _one_line_errors(p)
+    p.add_argument("--env", help="comma-separated environments (default: arith,program,shop)")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--batch-size", type=int, help="rollouts per step")
+    p.add_argument("--group-size", type=int, help="rollouts per task (G)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens per agent turn (default: per env)")
+    p.add_argument("--temperature", type=float, help="sampling temperature")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--loss-type", help="grpo, dr_grpo or dapo")
+    p.add_argument("--clip-low", type=float, help="ratio clipped below at 1 - clip-low")
+    p.add_argument("--clip-high", type=float, help="ratio clipped above at 1 + clip-high")
+    p.add_argument("--kl-coef", type=float, help="weight of the KL to the starting model")
+    p.add_argument(
+        "--scale-rewards",
+        action="store_true",
+        default=None,
+        help="divide advantages by the group's std",
+    )
+    p.add_argument("--zero-variance", help="groups with equal rewards: skip or resample")
+    p.add_argument("--epochs-per-batch", type=int, help="gradient steps per batch (mu)")
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter, not every weight")
+    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (with --lora)")
+    p.add_argument("--model", help="model directory (default: the cached pretrained model)")
+    p.add_argument("--out", help="where to save the result (default: in the cache)")
+    p.add_argument("--run-dir", help="metrics, TensorBoard and checkpoints (default: in the cache)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--seed", type=int, help="seed of tasks and sampling")
+    p.add_argument("--difficulty", type=int, help="env level for training and evaluation")
+    p.add_argument("--eval-n", type=int, help="held-out tasks per env before and after (0: none)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("eval", help="evaluate a model on held-out items")
     p.add_argument("--model", help="model directory (default: the cached pretrained model)")
     p.add_argument("--n", type=int, default=100, help="items per suite")
@@ -142,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", help="config override KEY=VALUE (repeatable)")
     p.set_defaults(func=cmd_env_serve)
     return parser
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make a bad flag of this subcommand a one-line error (argparse prints its usage too)."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ def run_cli(*args: str, home: Path, timeout: float = 300) -> subprocess.Complete
 def test_help_lists_only_working_subcommands(tmp_path):
     out = run_cli("--help", home=tmp_path)
     assert out.returncode == 0
-    for name in ("pretrain", "eval", "env-serve"):
+    for name in ("pretrain", "train", "eval", "env-serve"):
         assert name in out.stdout
 
 
@@ -72,6 +72,53 @@ def test_eval_prints_the_table_and_writes_json(toy_model, tmp_path):
     record = json.loads(scores.read_text())
     assert set(record["scores"]) >= {"arith success (held-out, level 1)", "following a correction"}
     assert all(0.0 <= v <= 1.0 for v in record["scores"].values())
+
+
+def test_train_runs_grpo_and_prints_the_before_after_table(toy_model, tmp_path):
+    home, model = toy_model
+    out, run = tmp_path / "grpo", tmp_path / "run"
+    result = run_cli(
+        "train", "--model", str(model), "--env", "arith,program,shop", "--steps", "2",
+        "--batch-size", "6", "--group-size", "2", "--max-new-tokens", "8", "--eval-n", "2",
+        "--out", str(out), "--run-dir", str(run), "--quiet",
+        home=home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"model saved to {out}" in result.stdout
+    assert "held-out success" in result.stdout and "program" in result.stdout
+    assert (out / "config.json").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert {"pass_rate/arith", "pass_rate/program", "pass_rate/shop"} <= set(records[0])
+
+
+def test_train_with_lora_saves_an_adapter(toy_model, tmp_path):
+    home, model = toy_model
+    out = tmp_path / "adapter"
+    result = run_cli(
+        "train", "--model", str(model), "--env", "arith", "--steps", "1", "--batch-size", "4",
+        "--group-size", "2", "--lora", "--lora-rank", "4", "--kl-coef", "0.05", "--eval-n", "0",
+        "--out", str(out), "--run-dir", str(tmp_path / "run"), "--quiet",
+        home=home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "LoRA adapter saved to" in result.stdout
+    assert (out / "adapter_config.json").is_file()
+
+
+def test_train_flag_errors_are_one_line(tmp_path):
+    bad = run_cli("train", "--batch-size", "10", "--group-size", "4", home=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "onthejob train: --batch-size must be a positive multiple of the group size (4), got 10"
+    )
+    typo = run_cli("train", "--steps", "ten", home=tmp_path)
+    assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1
+    assert "--steps" in typo.stderr
+    missing = run_cli("train", home=tmp_path)  # no cached pretrained model in this home
+    assert missing.returncode == 2
+    assert missing.stderr.strip().endswith("run `onthejob pretrain` first")
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 def test_eval_of_a_missing_model_is_a_one_line_error(tmp_path):

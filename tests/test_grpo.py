@@ -187,7 +187,7 @@ def test_multi_turn_mask_and_trainer_logprobs_match_the_sampler(tiny_model, toke
                 assert after[-len(observation) :] == observation
                 assert not any(t.loss_mask[stop : t.turns[k + 1][0]])
 
-    batch = collate(trajectories, [1.0, -1.0], [15, 15], tokenizer.pad_token_id)
+    batch = collate([[t] for t in trajectories], [[1.0], [-1.0]], [15, 15], tokenizer.pad_token_id)
     with torch.no_grad():
         logprobs, entropy = masked_logprobs(tiny_model, batch, temperature=0.7, with_entropy=True)
     assert int(batch.mask.sum()) == sum(sum(t.loss_mask) for t in trajectories)
@@ -199,6 +199,50 @@ def test_multi_turn_mask_and_trainer_logprobs_match_the_sampler(tiny_model, toke
     assert logprobs[0, start - 1 : stop - 1].tolist() == pytest.approx(
         t.logprobs[start:stop], abs=1e-4
     )
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prefix_forward_matches_the_hf_forward(tokenizer, lora):
+    """Groups of multi-turn shop episodes: running each group's prompt once gives the same
+    log-probs and the same gradients as the HF forward over whole sequences."""
+    model = build_model(TINY, tokenizer, seed=0)
+    if lora:
+        model = add_lora(model, _lora())
+        for name, p in model.named_parameters():  # a non-zero adapter, so that it matters
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    tasks = make_tasks("shop", "test", 2, seed=4, difficulty=1)
+    sampling = SamplingConfig(max_new_tokens=5, temperature=1.0, seed=2)
+    groups = run_groups(model, tokenizer, "shop", tasks, 3, sampling, max_turns=2)
+    advantages = [[1.0, -0.5, -0.5], [0.2, 0.3, -0.5]]
+    results = []
+    for share in (False, True):
+        batch = collate(groups, advantages, [10, 10], tokenizer.pad_token_id, share_prefix=share)
+        assert (batch.prefix_ids is not None) == share
+        if share:
+            assert batch.prefix_lengths is not None and int(batch.prefix_lengths.min()) > 10
+        model.zero_grad()
+        logprobs, entropy = masked_logprobs(model, batch, temperature=1.0, with_entropy=True)
+        loss, _ = policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.mask.float())
+        loss.backward()
+        trained = [p for p in model.parameters() if p.requires_grad]
+        results.append(
+            (logprobs[batch.mask], entropy, loss.item(), [p.grad.clone() for p in trained])
+        )
+    (lp_a, ent_a, loss_a, grads_a), (lp_b, ent_b, loss_b, grads_b) = results
+    assert torch.allclose(lp_a, lp_b, atol=1e-5)
+    assert torch.allclose(
+        lp_a,
+        torch.cat(
+            [torch.tensor(t.logprobs)[torch.tensor(t.loss_mask) == 1] for g in groups for t in g]
+        ),
+        atol=1e-4,
+    )
+    assert ent_a is not None and ent_b is not None and torch.allclose(ent_a, ent_b, atol=1e-5)
+    assert loss_a == pytest.approx(loss_b, abs=1e-6)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
 def _learner(model, tokenizer, lr=1e-3):

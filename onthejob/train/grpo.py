@@ -72,6 +72,7 @@ from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
 from onthejob.sampling import SamplingConfig
 from onthejob.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from onthejob.train.pretrain import onthejob_home, truncate_log
+from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 ZERO_VARIANCE = ("skip", "resample")
@@ -340,10 +341,15 @@ def loss_share(loss_type: str, mask: torch.Tensor, batch_tokens: int, batch_rows
 
 @dataclass
 class MicroBatch:
-    """Right-padded tensors of some trajectories; position t predicts token t + 1."""
+    """Right-padded tensors of whole groups of trajectories; position t predicts token t + 1.
+
+    With a shared prefix, each group's common prompt (all but its last token) is stored
+    once in prefix_ids and input_ids hold the rest of each trajectory; without one,
+    input_ids hold whole trajectories.
+    """
 
     input_ids: torch.Tensor
-    """[b, L] token ids (padding after each sequence)."""
+    """[b, L] token ids after the group's prefix (padding after each sequence)."""
     targets: torch.Tensor
     """[b, L-1] the next token at each position."""
     mask: torch.Tensor
@@ -354,28 +360,67 @@ class MicroBatch:
     """[b] one per trajectory."""
     max_tokens: torch.Tensor
     """[b] most agent tokens the trajectory's env allows (dr_grpo's constant)."""
+    prefix_ids: torch.Tensor | None = None
+    """[n, P] each group's shared prefix, right-padded; None: no prefix sharing."""
+    prefix_lengths: torch.Tensor | None = None
+    """[n] length of each group's prefix."""
+    group_of: torch.Tensor | None = None
+    """[b] the group (row of prefix_ids) of each trajectory."""
 
 
 def collate(
-    trajectories: Sequence[Trajectory],
-    advantages: Sequence[float],
+    groups: Sequence[Sequence[Trajectory]],
+    advantages: Sequence[Sequence[float]],
     max_tokens: Sequence[int],
     pad_id: int,
+    share_prefix: bool = False,
 ) -> MicroBatch:
-    """Pad trajectories to one MicroBatch (no re-tokenization: ids and log-probs as sampled)."""
-    width = max(len(t.token_ids) for t in trajectories)
-    ids = [t.token_ids + [pad_id] * (width - len(t.token_ids)) for t in trajectories]
-    mask = [t.loss_mask[1:] + [0] * (width - len(t.loss_mask)) for t in trajectories]
-    old = [t.logprobs[1:] + [0.0] * (width - len(t.logprobs)) for t in trajectories]
+    """Pad groups of trajectories into one MicroBatch (ids and log-probs as sampled, never
+    re-tokenized); max_tokens is per group. With share_prefix, each group's common prompt
+    goes into the prefix once (see `onthejob.train.shared_prefix`)."""
+    cuts = [_shared_prompt(group) - 1 if share_prefix else 0 for group in groups]
+    rows = [
+        (t, cut, g) for g, (group, cut) in enumerate(zip(groups, cuts, strict=True)) for t in group
+    ]
+    width = max(len(t.token_ids) - cut for t, cut, _ in rows)
+    ids = [t.token_ids[cut:] + [pad_id] * (width - len(t.token_ids) + cut) for t, cut, _ in rows]
+    pad = [[0] * (width - len(t.token_ids) + cut) for t, cut, _ in rows]
+    mask = [t.loss_mask[cut + 1 :] + z for (t, cut, _), z in zip(rows, pad, strict=True)]
+    old = [t.logprobs[cut + 1 :] + [0.0] * len(z) for (t, cut, _), z in zip(rows, pad, strict=True)]
     input_ids = torch.tensor(ids, dtype=torch.long)
-    return MicroBatch(
+    batch = MicroBatch(
         input_ids=input_ids,
         targets=input_ids[:, 1:],
         mask=torch.tensor(mask, dtype=torch.bool),
         old_logprobs=torch.tensor(old, dtype=torch.float32),
-        advantages=torch.tensor(advantages, dtype=torch.float32),
-        max_tokens=torch.tensor(max_tokens, dtype=torch.float32),
+        advantages=torch.tensor([a for group in advantages for a in group], dtype=torch.float32),
+        max_tokens=torch.tensor(
+            [m for group, m in zip(groups, max_tokens, strict=True) for _ in group],
+            dtype=torch.float32,
+        ),
     )
+    if share_prefix:
+        longest = max(cuts)
+        prefixes = [
+            g[0].token_ids[:cut] + [pad_id] * (longest - cut)
+            for g, cut in zip(groups, cuts, strict=True)
+        ]
+        batch.prefix_ids = torch.tensor(prefixes, dtype=torch.long).view(len(groups), longest)
+        batch.prefix_lengths = torch.tensor(cuts, dtype=torch.long)
+        batch.group_of = torch.tensor([g for _, _, g in rows], dtype=torch.long)
+    return batch
+
+
+def _shared_prompt(group: Sequence[Trajectory]) -> int:
+    """Tokens every member starts with, up to the first agent token (at least 1)."""
+    common = min(t.turns[0][0] if t.turns else len(t.token_ids) for t in group)
+    head = group[0].token_ids
+    for t in group[1:]:
+        if t.token_ids[:common] != head[:common]:
+            common = next(
+                i for i, (a, b) in enumerate(zip(t.token_ids, head, strict=False)) if a != b
+            )
+    return max(1, common)
 
 
 def masked_logprobs(
@@ -388,11 +433,18 @@ def masked_logprobs(
 
     The output head runs only at masked positions, and no attention mask is passed:
     right padding comes after every real token, so causal attention alone is exact for
-    the positions used. Entropy (nats, [N] over masked positions) is from detached logits.
+    the positions used. A batch with a shared prefix runs through
+    `shared_prefix_hidden`. Entropy (nats, [N] over masked positions) is from detached logits.
     """
     lm = base_causal_lm(model)  # PEFT's LoRA layers sit inside it, so an adapter counts
     body, head = getattr(lm, "model", None), lm.get_output_embeddings()
-    if body is not None and head is not None:
+    if batch.prefix_ids is not None:
+        assert batch.prefix_lengths is not None and batch.group_of is not None
+        hidden = shared_prefix_hidden(
+            model, batch.prefix_ids, batch.prefix_lengths, batch.input_ids, batch.group_of
+        )
+        logits = head(final_norm(model, hidden[:, :-1][batch.mask])).float()
+    elif body is not None and head is not None:
         hidden = body(input_ids=batch.input_ids, use_cache=False).last_hidden_state
         logits = head(hidden[:, :-1][batch.mask]).float()
     else:  # any other causal LM: its own forward, then pick the positions
@@ -713,25 +765,10 @@ def train_on_groups(
     field is 0.
     """
     model, optimizer = learner.model, learner.optimizer
-    rows = [
-        (t, float(a), config.new_tokens(t.env) * config.turns(t.env))
-        for group, advantages in groups
-        for t, a in zip(group, advantages.tolist(), strict=True)
-    ]
-    if not rows:
+    if not groups:
         return dict.fromkeys(TRAIN_FIELDS + (("kl",) if config.kl_coef > 0 else ()), 0.0)
-    rows.sort(key=lambda row: len(row[0].token_ids))  # less padding per micro-batch
-    pad_id = learner.tokenizer.pad_token_id or 0
-    size = config.micro_batch_size
-    batches = [
-        collate(
-            [t for t, _, _ in rows[lo : lo + size]],
-            [a for _, a, _ in rows[lo : lo + size]],
-            [m for _, _, m in rows[lo : lo + size]],
-            pad_id,
-        )
-        for lo in range(0, len(rows), size)
-    ]
+    batches = micro_batches(config, learner, groups)
+    n_rows = sum(len(group) for group, _ in groups)
     batch_tokens = sum(int(b.mask.sum()) for b in batches)
     mismatch_sum, mismatch_max, entropy_sum, kl_sum, loss_sum = 0.0, 0.0, 0.0, 0.0, 0.0
     totals: dict[str, float] = {}
@@ -759,7 +796,7 @@ def train_on_groups(
                 per_token_kl,
                 config.kl_coef,
             )
-            share = loss_share(config.loss_type, batch.mask, batch_tokens, len(rows))
+            share = loss_share(config.loss_type, batch.mask, batch_tokens, n_rows)
             (loss * share).backward()
             tokens = float(mask.sum())
             for name, value in stats.items():
@@ -793,6 +830,34 @@ def train_on_groups(
     if config.kl_coef > 0:
         record["kl"] = round(kl_sum / tokens, 8)
     return record
+
+
+def micro_batches(
+    config: GRPOConfig, learner: Learner, groups: list[tuple[list[Trajectory], torch.Tensor]]
+) -> list[MicroBatch]:
+    """Whole groups, sorted by length, packed into micro-batches of at most micro_batch_size
+    rows (at least one group each); prompts shared when the model allows it."""
+    ordered = sorted(groups, key=lambda ga: max(len(t.token_ids) for t in ga[0]))
+    longest = max(len(t.token_ids) for group, _ in groups for t in group)
+    share = shared_prefix_supported(learner.model, longest)
+    pad_id = learner.tokenizer.pad_token_id or 0
+    Group = tuple[list[Trajectory], torch.Tensor]
+    batches: list[list[Group]] = [[]]
+    for item in ordered:
+        rows = sum(len(group) for group, _ in batches[-1])
+        if batches[-1] and rows + len(item[0]) > config.micro_batch_size:
+            batches.append([])
+        batches[-1].append(item)
+    return [
+        collate(
+            [g for g, _ in chunk],
+            [a.tolist() for _, a in chunk],
+            [config.new_tokens(g[0].env) * config.turns(g[0].env) for g, _ in chunk],
+            pad_id,
+            share_prefix=share,
+        )
+        for chunk in batches
+    ]
 
 
 def reference_logprobs(learner: Learner, batch: MicroBatch, temperature: float) -> torch.Tensor:

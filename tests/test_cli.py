@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from onthejob.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -106,19 +108,20 @@ def test_train_with_lora_saves_an_adapter(toy_model, tmp_path):
     assert (out / "adapter_config.json").is_file()
 
 
-def test_train_flag_errors_are_one_line(tmp_path):
-    bad = run_cli("train", "--batch-size", "10", "--group-size", "4", home=tmp_path)
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == (
-        "onthejob train: --batch-size must be a positive multiple of the group size (4), got 10"
+def test_train_flag_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """In-process (no training starts): each bad flag is one line on stderr, exit code 2."""
+    monkeypatch.setenv("ONTHEJOB_HOME", str(tmp_path))  # no cached pretrained model here
+    assert main(["train", "--batch-size", "10", "--group-size", "4"]) == 2
+    assert capsys.readouterr().err == (
+        "onthejob train: --batch-size must be a positive multiple of the group size (4), got 10\n"
     )
-    typo = run_cli("train", "--steps", "ten", home=tmp_path)
-    assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1
-    assert "--steps" in typo.stderr
-    missing = run_cli("train", home=tmp_path)  # no cached pretrained model in this home
-    assert missing.returncode == 2
-    assert missing.stderr.strip().endswith("run `onthejob pretrain` first")
-    assert len(missing.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--steps", "ten"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "--steps" in err
+    assert main(["train", "--env", "arith"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.strip().endswith("run `onthejob pretrain` first")
 
 
 def test_eval_of_a_missing_model_is_a_one_line_error(tmp_path):

@@ -52,6 +52,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -70,7 +71,12 @@ from onthejob.models.fast import base_causal_lm
 from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora
 from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
 from onthejob.sampling import SamplingConfig
-from onthejob.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from onthejob.train.checkpoint import (
+    CHECKPOINT,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from onthejob.train.pretrain import onthejob_home, truncate_log
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
 
@@ -594,7 +600,11 @@ def train(
     )
 
     start = 0
-    checkpoint = latest_checkpoint(run_dir) if resume else None
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and not resume:  # a fresh run: never resume someone's stale state
+        for stale in (checkpoint, checkpoint.with_name(CHECKPOINT + ".old")):
+            shutil.rmtree(stale, ignore_errors=True)
+        checkpoint = None
     if checkpoint is not None:
         start, extra = load_checkpoint(checkpoint, model, optimizer, scheduler)
         if extra.get("config_key") != config.key():
@@ -666,17 +676,16 @@ def train(
 
 
 def _save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """The adapter directory, written beside and renamed into place (atomic like save_model)."""
-    import shutil
-
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    """The adapter directory, written beside and renamed into place (as save_model does)."""
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
     model.save_pretrained(tmp)  # type: ignore[operator]
     tokenizer.save_pretrained(tmp)
     if out.exists():
-        shutil.rmtree(out)
+        out.rename(old)
     tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def grpo_step(

@@ -269,6 +269,26 @@ def test_lora_update_moves_only_the_adapter_and_kl_starts_at_zero(tokenizer):
     assert any(not torch.equal(params[n], p) for n, p in lora_before.items())
 
 
+def test_one_update_raises_the_rewarded_samples_and_lowers_the_others(tiny_model, tokenizer):
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    tasks = make_tasks("arith", "test", 2, seed=3, difficulty=1)
+    groups = run_groups(
+        model, tokenizer, "arith", tasks, 4, SamplingConfig(max_new_tokens=6, seed=5), max_turns=1
+    )
+    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    config = GRPOConfig(envs=("arith",), max_new_tokens=6)
+    batch = collate(groups, [advantages.tolist()] * 2, [6, 6], tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = masked_logprobs(model, batch, 1.0)[0].sum(-1)
+    train_on_groups(config, _learner(model, tokenizer, lr=1e-3), [(g, advantages) for g in groups])
+    with torch.no_grad():
+        after = masked_logprobs(model, batch, 1.0)[0].sum(-1)
+    change = (after - before).view(2, 4)
+    assert bool((change[:, 0::2] > 0).all()) and bool((change[:, 1::2] < 0).all())
+
+
 def _lora():
     from onthejob.models import LoraSettings
 

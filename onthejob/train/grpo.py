@@ -7,11 +7,16 @@ see `onthejob.rollout`), drops or resamples groups whose rewards are all
 equal, takes one gradient step per batch, checkpoints atomically and resumes
 exactly, logs metrics (JSONL, TensorBoard, a progress bar), and evaluates
 held-out success before and after training. Full fine-tuning by default;
-LoRA with `GRPOConfig.lora`.
+LoRA with `GRPOConfig.lora`. For speed, the training forward runs each group's
+shared prompt once (`onthejob.train.shared_prefix`) and the output head only at
+the trained positions; no forward runs for old or reference log-probs unless
+kl_coef > 0.
 
 Not covered: process rewards, reward models, value functions (PPO), async or
 off-policy rollouts (the sampler always runs the current weights),
-multi-process or multi-GPU training, sequence packing.
+multi-process or multi-GPU training, sequence packing. The update's metrics
+(loss, entropy, clip fraction, log-prob mismatch) cover the kept groups only; a
+step that keeps none logs 0 for them.
 
 Departures from GRPO as written in DeepSeekMath (Shao et al. 2024):
 

@@ -465,7 +465,8 @@ def masked_logprobs(
     targets = batch.targets[batch.mask]
     log_total = logits.logsumexp(-1)
     picked = logits.gather(-1, targets[:, None]).squeeze(-1) - log_total
-    out = torch.zeros(batch.mask.shape, dtype=picked.dtype).masked_scatter(batch.mask, picked)
+    out = torch.zeros(batch.mask.shape, dtype=picked.dtype, device=picked.device)
+    out = out.masked_scatter(batch.mask, picked)
     entropy = None
     if with_entropy:  # H = logsumexp(z) - sum softmax(z) z: one exp, no log_softmax
         with torch.no_grad():

@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/onthejob pretrain
 	$(BIN)/onthejob eval
+	$(BIN)/onthejob train
 
 test: $(STAMP)
 	$(BIN)/ruff check onthejob tests benchmarks

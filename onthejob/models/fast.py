@@ -139,6 +139,18 @@ def _layer(block: Any) -> _Layer:
     )
 
 
+def rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """An HF RMSNorm module applied to x: torch's fused kernel in float32 (equal to HF's
+    there), the module itself for other dtypes or other norms."""
+    if (
+        x.dtype == torch.float32
+        and type(norm).__name__.endswith("RMSNorm")
+        and hasattr(norm, "variance_epsilon")
+    ):
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+    return norm(x)
+
+
 class LeanDecoder:
     """Prefill and decode steps of one batch, with a static KV cache sized for `max_len`."""
 
@@ -188,14 +200,7 @@ class LeanDecoder:
         """Position id of each row's next token."""
 
     def _rms_norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor:
-        # torch's kernel equals HF's RMSNorm in float32; other dtypes use the module itself.
-        if (
-            x.dtype == torch.float32
-            and type(norm).__name__.endswith("RMSNorm")
-            and hasattr(norm, "variance_epsilon")
-        ):
-            return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
-        return norm(x)
+        return rms_norm(norm, x)
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(x * cos, x.roll(self.head_dim // 2, dims=-1), sin)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onthejob.models.fast import LeanDecoder, base_causal_lm, lean_decoder_supports
+from onthejob.models.fast import LeanDecoder, base_causal_lm, lean_decoder_supports, rms_norm
 
 
 def shared_prefix_supported(model: torch.nn.Module, max_len: int) -> bool:
@@ -87,12 +87,4 @@ def shared_prefix_hidden(
 
 def final_norm(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """The model's final norm (float32 `rms_norm` where LeanDecoder uses it)."""
-    body = base_causal_lm(model).model
-    norm = body.norm
-    if (
-        hidden.dtype == torch.float32
-        and type(norm).__name__.endswith("RMSNorm")
-        and hasattr(norm, "variance_epsilon")
-    ):
-        return F.rms_norm(hidden, norm.weight.shape, norm.weight, norm.variance_epsilon)
-    return norm(hidden)
+    return rms_norm(base_causal_lm(model).model.norm, hidden)

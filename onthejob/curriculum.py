@@ -90,7 +90,9 @@ class CurriculumConfig:
     pasted_fraction: float = 0.3
     """Share of knowledge examples whose document is pasted in the user turn, not the system turn."""
     questions_per_document: int = 8
-    """Questions asked (and trained) per knowledge document: more answer signal per document token."""
+    """Most questions asked (and trained) per knowledge document: more answer signal per document token."""
+    min_questions: int = 8
+    """Fewest questions per document (the count is uniform in min..max, capped by the items)."""
 
 
 def items_for(progress: float, config: CurriculumConfig, rng: random.Random) -> int:
@@ -304,7 +306,7 @@ class Curriculum:
         if kind == "knowledge":
             n_items = items_for(progress, self.config, rng)
             pasted = rng.random() < self.config.pasted_fraction
-            n_questions = rng.randint(1, self.config.questions_per_document)
+            n_questions = rng.randint(self.config.min_questions, self.config.questions_per_document)
             return knowledge_example(rng, n_items, pasted, n_questions)
         if kind == "correction":
             return correction_example(rng)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
@@ -132,14 +133,16 @@ def load_model(
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path
+    model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, path: str | Path
 ) -> Path:
-    """Save model (safetensors) and tokenizer atomically: write beside, then rename."""
+    """Save model (safetensors) and tokenizer atomically: write beside, then rename.
+
+    A PEFT model saves its adapter only (load it with `models.lora.load_adapter`)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if path.exists():
         old = path.with_name(path.name + ".old")

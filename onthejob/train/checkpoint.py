@@ -1,4 +1,5 @@
-"""Training checkpoints: the one place that saves and resumes a training run.
+"""Training checkpoints and the optimizer: the one place that builds, saves and resumes
+the optimizer state of a training run.
 
 Covers: saving model weights, optimizer and scheduler state, the step, RNG
 states and a JSON-able `extra` dict into a directory, atomically (write a
@@ -14,12 +15,31 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 CHECKPOINT = "checkpoint"
+
+
+def adamw(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (never on norms' gains or biases)."""
+    params = list(params)
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=betas,
+    )
 
 
 def save_checkpoint(

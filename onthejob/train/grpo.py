@@ -65,8 +65,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from onthejob import evals
 from onthejob.curriculum import available_tasks
@@ -78,6 +79,7 @@ from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
 from onthejob.sampling import SamplingConfig
 from onthejob.train.checkpoint import (
     CHECKPOINT,
+    adamw,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -581,7 +583,7 @@ def train(
     run_dir = run_dir or default_run_dir(config, model_dir)
     out_dir = out_dir or default_out_dir(config, model_dir)
     base, tokenizer = load_model(model_dir)
-    model: torch.nn.Module = base
+    model: PreTrainedModel | PeftModel = base
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -592,14 +594,7 @@ def train(
     elif config.kl_coef > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=(0.9, 0.99),
-    )
+    optimizer = adamw(params, config.lr, config.weight_decay, betas=(0.9, 0.99))
     warmup = config.warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
@@ -665,10 +660,7 @@ def train(
 
     model.eval()
     result = TrainResult(out_dir=out_dir, run_dir=run_dir)
-    if config.lora is not None:
-        _save_adapter(model, tokenizer, out_dir)
-    else:
-        save_model(base, tokenizer, out_dir)
+    save_model(model, tokenizer, out_dir)  # under LoRA: the adapter directory only
     (out_dir / "grpo_config.json").write_text(
         json.dumps({"base_model": str(model_dir.resolve()), **asdict(config)}, indent=2)
     )
@@ -679,19 +671,6 @@ def train(
         result.eval_before, result.eval_after = record_eval["before"], after
         result.eval_n = played
     return result
-
-
-def _save_adapter(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """The adapter directory, written beside and renamed into place (as save_model does)."""
-    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    model.save_pretrained(tmp)  # type: ignore[operator]
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def grpo_step(

@@ -33,7 +33,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from onthejob import curriculum
 from onthejob.curriculum import CurriculumConfig, EpisodePools
 from onthejob.models import TinyConfig, build_model, render_chat, save_model, train_tokenizer
-from onthejob.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from onthejob.train.checkpoint import adamw, latest_checkpoint, load_checkpoint, save_checkpoint
 
 CURRICULUM_VERSION = "2"
 
@@ -210,16 +210,7 @@ def pretrain(
         tokenizer = build_tokenizer(config, data)
         tokenizer.save_pretrained(tokenizer_dir)
     model = build_model(config.model, tokenizer, seed=config.seed)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-    )
+    optimizer = adamw(model.parameters(), config.lr, config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
 
     start = 0

@@ -121,9 +121,84 @@ def mismatch(item: dict[str, Any], goal: dict[str, str], budget: int) -> str | N
     return None
 
 
-def _random_item(rng: random.Random) -> dict[str, Any]:
+# ---------------------------------------------------------------------- pages
+# Public so that the live supplier (`onthejob.world.service`) writes the same pages; it
+# passes other layouts to change them between weeks, the clone always uses LAYOUT.
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a page writes an item after its id: which fields, in what order, with what labels."""
+
+    fields: tuple[str, ...] = ("name", "size", "price")
+    """Order of the fields; each of "name", "size", "price" once."""
+    size: str = "size {}"
+    """Label of the size, {} is the value."""
+    price: str = "{} dollars"
+    """Label of the price, {} is the value."""
+
+
+LAYOUT = Layout()
+"""The clone's layout."""
+
+
+def describe(item: dict[str, Any], layout: Layout = LAYOUT) -> str:
+    """The item's fields as a page writes them, e.g. "blue cotton shirt, size m, 24 dollars"."""
+    parts = {
+        "name": item_name(item),
+        "size": layout.size.format(item["size"]),
+        "price": layout.price.format(item["price"]),
+    }
+    return ", ".join(parts[field] for field in layout.fields)
+
+
+def results_page(words: list[str], hits: list[dict[str, Any]], layout: Layout = LAYOUT) -> str:
+    """The search results page for `words` given every matching item, at most PAGE_SIZE shown."""
+    query = " ".join(words)
+    if not hits:
+        return f"no results for {query}. try fewer words."
+    shown = hits[:PAGE_SIZE]
+    lines = [f"{item['id']} {describe(item, layout)}" for item in shown]
+    more = len(hits) - len(shown)
+    if more:
+        lines.append(f"{more} more, add words to narrow.")
+    return f"results for {query}:\n" + "\n".join(lines)
+
+
+def item_page(item: dict[str, Any], layout: Layout = LAYOUT, note: str = "") -> str:
+    """The item's page; `note` (e.g. ", 3 in stock") follows its fields."""
+    return f"item {item['id']}: {describe(item, layout)}{note}.\nadd <n> to buy, back to return."
+
+
+def cart_page(
+    cart: dict[str, int], items: dict[str, dict[str, Any]], layout: Layout = LAYOUT
+) -> str:
+    """The cart page: one line per item id -> quantity, and the total at current prices."""
+    if not cart:
+        return "cart is empty."
+    lines = [f"{n} x {i} {describe(items[i], layout)} each" for i, n in cart.items()]
+    total = sum(n * items[i]["price"] for i, n in cart.items())
+    return "cart:\n" + "\n".join(lines) + f"\ntotal {total} dollars."
+
+
+def search_words(text: str) -> list[str]:
+    """The distinct known words of a search, in the shop's vocabulary form; may be empty."""
+    words = [normalize(w) for w in text.split()]
+    return [w for w in dict.fromkeys(words) if w in VOCABULARY]
+
+
+def request_text(quantity: int, goal: dict[str, str], budget: int) -> str:
+    """The goal as a user says it, e.g. "buy 2 blue cotton shirts in size m, at most 30 dollars each."."""
+    plural = "s" if quantity > 1 else ""
+    material = f" {goal['material']}" if "material" in goal else ""
+    size = f" in size {goal['size']}" if "size" in goal else ""
+    return f"buy {quantity} {goal['color']}{material} {goal['category']}{plural}{size}, at most {budget} dollars each."
+
+
+def random_item(rng: random.Random) -> dict[str, Any]:
     category = rng.choice(sorted(CATEGORIES))
     materials, sizes = CATEGORIES[category]
+    """An item of a random category with random attributes and price (no id)."""
     return {
         "category": category,
         "color": rng.choice(COLORS),
@@ -165,7 +240,7 @@ class ShopEnv(TextEnv[ShopConfig]):
     @classmethod
     def sample_task(cls, rng: random.Random, config: ShopConfig) -> Task:
         level = LEVELS[config.difficulty]
-        target = _random_item(rng)
+        target = random_item(rng)
         target["price"] = rng.randint(8, 40)
         budget = 5 * -(-(target["price"] + rng.randint(0, 6)) // 5)  # round up to a multiple of 5
         quantity = rng.randint(1, level.max_quantity)
@@ -185,7 +260,7 @@ class ShopEnv(TextEnv[ShopConfig]):
             if attempt < 3 * level.near_misses and len(items) <= level.near_misses:
                 item = _near_miss(rng, target, level, budget)
             else:
-                item = _random_item(rng)
+                item = random_item(rng)
             hit = set(query) <= item_words(item)
             if mismatch({**item, "id": ""}, goal, budget) is None or (hit and found == PAGE_SIZE):
                 continue
@@ -201,10 +276,7 @@ class ShopEnv(TextEnv[ShopConfig]):
             for item in items
         ]
 
-        plural = "s" if quantity > 1 else ""
-        material = f" {target['material']}" if "material" in level.stated else ""
-        size = f" in size {target['size']}" if "size" in level.stated else ""
-        request = f"buy {quantity} {target['color']}{material} {target['category']}{plural}{size}, at most {budget} dollars each."
+        request = request_text(quantity, goal, budget)
         data = {
             "goal": goal,
             "budget": budget,
@@ -237,33 +309,13 @@ class ShopEnv(TextEnv[ShopConfig]):
         if page["kind"] == "home":
             return "home page. search <words> to find items."
         if page["kind"] == "item":
-            item = items[page["id"]]
-            return f"item {item['id']}: {item_name(item)}, size {item['size']}, {item['price']} dollars.\nadd <n> to buy, back to return."
+            return item_page(items[page["id"]])
         if page["kind"] == "cart":
-            return self._cart_text()
-        words = " ".join(page["query"])
+            return cart_page(self._ep["cart"], items)
         hits = [item for item in items.values() if set(page["query"]) <= item_words(item)]
-        if not hits:
-            return f"no results for {words}. try fewer words."
-        shown = hits[:PAGE_SIZE]
-        page["ids"] = [item["id"] for item in shown]  # what the page shows, for the expert
-        lines = [f"{i['id']} {item_name(i)}, size {i['size']}, {i['price']} dollars" for i in shown]
-        more = len(hits) - len(shown)
-        if more:
-            lines.append(f"{more} more, add words to narrow.")
-        return f"results for {words}:\n" + "\n".join(lines)
-
-    def _cart_text(self) -> str:
-        cart: dict[str, int] = self._ep["cart"]
-        if not cart:
-            return "cart is empty."
-        items = self._items()
-        lines = [
-            f"{n} x {i} {item_name(items[i])}, size {items[i]['size']}, {items[i]['price']} dollars each"
-            for i, n in cart.items()
-        ]
-        total = sum(n * items[i]["price"] for i, n in cart.items())
-        return "cart:\n" + "\n".join(lines) + f"\ntotal {total} dollars."
+        if hits:  # what the page shows, for the expert
+            page["ids"] = [item["id"] for item in hits[:PAGE_SIZE]]
+        return results_page(page["query"], hits)
 
     def _act(self, action: str) -> tuple[str, float, bool]:
         lines = action.strip().lower().splitlines()
@@ -278,8 +330,7 @@ class ShopEnv(TextEnv[ShopConfig]):
         if len(line) > MAX_ACTION_CHARS:
             return f"action too long, at most {MAX_ACTION_CHARS} characters. {HELP}", 0.0, False
         if verb == "search":
-            words = [normalize(w) for w in rest.split()]
-            known = [w for w in dict.fromkeys(words) if w in VOCABULARY]
+            known = search_words(rest)
             if not known:
                 return (
                     "search needs words like a color, material, size or category, e.g. search blue shirt.",

@@ -400,27 +400,26 @@ class Store:
         """The tenant, created if it does not exist yet."""
         _check_id("tenant", tenant)
         with self._write() as conn:
-            return self._ensure_tenant(conn, tenant)
+            return self._ensure_tenant(conn, tenant, self.clock())
 
     def ensure_user(self, tenant: str, user: str) -> User:
         """The user of this tenant, created (with the tenant) if needed."""
         _check_id("tenant", tenant)
         _check_id("user", user)
         with self._write() as conn:
-            self._ensure_tenant(conn, tenant)
-            return self._ensure_user(conn, tenant, user)
+            now = self.clock()
+            self._ensure_tenant(conn, tenant, now)
+            return self._ensure_user(conn, tenant, user, now)
 
-    def _ensure_tenant(self, conn: sqlite3.Connection, tenant: str) -> Tenant:
-        conn.execute(
-            "INSERT OR IGNORE INTO tenants (id, created) VALUES (?, ?)", (tenant, self.clock())
-        )
+    def _ensure_tenant(self, conn: sqlite3.Connection, tenant: str, now: float) -> Tenant:
+        conn.execute("INSERT OR IGNORE INTO tenants (id, created) VALUES (?, ?)", (tenant, now))
         (created,) = conn.execute("SELECT created FROM tenants WHERE id = ?", (tenant,)).fetchone()
         return Tenant(tenant, created)
 
-    def _ensure_user(self, conn: sqlite3.Connection, tenant: str, user: str) -> User:
+    def _ensure_user(self, conn: sqlite3.Connection, tenant: str, user: str, now: float) -> User:
         conn.execute(
             "INSERT OR IGNORE INTO users (tenant, id, created) VALUES (?, ?, ?)",
-            (tenant, user, self.clock()),
+            (tenant, user, now),
         )
         (created,) = conn.execute(
             "SELECT created FROM users WHERE tenant = ? AND id = ?", (tenant, user)
@@ -448,10 +447,10 @@ class Store:
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
                 raise StoreError(f"session {session_id!r} already exists; choose another id")
-            self._ensure_tenant(conn, tenant)
-            if user is not None:
-                self._ensure_user(conn, tenant, user)
             started = self.clock()
+            self._ensure_tenant(conn, tenant, started)
+            if user is not None:
+                self._ensure_user(conn, tenant, user, started)
             conn.execute(
                 "INSERT INTO sessions (id, tenant, user, started, meta) VALUES (?, ?, ?, ?, ?)",
                 (session_id, tenant, user, started, meta_json),

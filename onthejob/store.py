@@ -315,7 +315,7 @@ class Store:
             raise StoreError(f"store path is a directory, not a file: {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _migrate(self._conn(), self.path)
+            migrate(self._conn(), self.path, MIGRATIONS)
         except BaseException:
             self.close()
             raise
@@ -328,15 +328,7 @@ class Store:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open store {self.path}: {e}") from e
+        conn = connect(self.path, self.timeout)
         with self._lock:
             # Connections of threads that have ended are closed here, not leaked.
             alive = []
@@ -784,27 +776,42 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the file to the latest schema in one transaction (another process opening the
-    same file waits on the write lock, then finds nothing left to do)."""
+def connect(path: Path, timeout: float, what: str = "store") -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with WAL, full sync and
+    foreign keys on; shared with `onthejob.registry`."""
+    try:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"cannot open {what} {path}: {e}") from e
+    return conn
+
+
+def migrate(
+    conn: sqlite3.Connection, path: Path, migrations: Sequence[str], what: str = "store"
+) -> None:
+    """Bring the file to the latest schema of `migrations` in one transaction (another
+    process opening the same file waits on the write lock, then finds nothing left to do)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.DatabaseError as e:
-        raise StoreError(f"cannot open store {path}: {e}") from e
+        raise StoreError(f"cannot open {what} {path}: {e}") from e
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
+        if version > len(migrations):
             raise StoreError(
-                f"store {path} has schema version {version}, newer than this code's"
-                f" {len(MIGRATIONS)}; upgrade onthejob to read it"
+                f"{what} {path} has schema version {version}, newer than this code's"
+                f" {len(migrations)}; upgrade onthejob to read it"
             )
-        for target in range(version + 1, len(MIGRATIONS) + 1):
+        for target in range(version + 1, len(migrations) + 1):
             try:
-                for statement in _statements(MIGRATIONS[target - 1]):
+                for statement in _statements(migrations[target - 1]):
                     conn.execute(statement)
             except sqlite3.Error as e:
                 raise StoreError(
-                    f"cannot migrate store {path} to schema version {target}: {e}"
+                    f"cannot migrate {what} {path} to schema version {target}: {e}"
                 ) from e
             conn.execute(f"PRAGMA user_version = {target}")
         conn.execute("COMMIT")

@@ -4,6 +4,7 @@
     onthejob train       GRPO on the grindable envs, evaluated before and after
     onthejob eval        evaluate a model: context reading, corrections, envs, world model
     onthejob env-serve   serve one environment over HTTP on 127.0.0.1
+    onthejob models      model versions: list, show, register, promote, rollback
 
 Each subcommand is a thin shell over a library function; flags map to the
 fields of that stage's config dataclass.
@@ -206,6 +207,76 @@ def cmd_env_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    import getpass
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from onthejob.registry import Registry, RegistryError, default_registry_path
+
+    path = Path(args.registry) if args.registry else default_registry_path()
+    if not path.exists():
+        if args.models_command == "list":
+            print(f"no model versions yet (no registry at {path})")
+            return 0
+        if args.models_command != "register":
+            print(
+                f"onthejob models: no registry at {path}; register a model first", file=sys.stderr
+            )
+            return 2
+    try:
+        actor = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name (e.g. a container without /etc/passwd entry)
+        actor = "cli"
+    try:
+        registry = Registry(path)
+        if args.models_command == "list":
+            table = Table(title=f"model versions ({path})")
+            for column in ("id", "tenant", "status", "method", "parent", "adapter", "evals"):
+                table.add_column(column)
+            for v in registry.list(args.tenant):
+                evals = ", ".join(f"{k}={_short(x)}" for k, x in sorted(v.evals.items()))
+                table.add_row(
+                    v.id, v.tenant, v.status, v.method, v.parent or "-", v.adapter or "-", evals
+                )
+            Console().print(table)
+        elif args.models_command == "show":
+            version = registry.get(args.id)
+            record = {**asdict(version), "history": registry.history(version_id=version.id)}
+            print(json.dumps(record, indent=2))
+        elif args.models_command == "register":
+            try:
+                config = json.loads(args.config) if args.config else None
+            except json.JSONDecodeError as e:
+                raise RegistryError(f"--config is not a JSON object: {e}") from None
+            version = registry.register(
+                args.tenant,
+                args.base,
+                adapter=args.adapter,
+                method=args.method,
+                config=config,
+                parent=args.parent,
+                version_id=args.id,
+                actor=actor,
+            )
+            print(f"registered {version.id} ({version.status})")
+        elif args.models_command == "promote":
+            version = registry.promote(args.id, reason=args.reason, actor=actor)
+            print(f"promoted {version.id} for tenant {version.tenant}")
+        else:
+            version = registry.rollback(args.tenant, reason=args.reason, actor=actor)
+            print(f"rolled back tenant {version.tenant}: {version.id} is promoted again")
+    except RegistryError as e:
+        print(f"onthejob models: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _short(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else json.dumps(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onthejob", description="agents that learn on the job")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -268,6 +339,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--set", action="append", help="config override KEY=VALUE (repeatable)")
     p.set_defaults(func=cmd_env_serve)
+
+    p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")
+    _one_line_errors(p)
+    models = p.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+    registry = argparse.ArgumentParser(add_help=False)
+    registry.add_argument("--registry", help="registry file (default: in the cache)")
+    q = models.add_parser("list", parents=[registry], help="a table of the versions")
+    q.add_argument("--tenant", help="only this tenant's versions")
+    q = models.add_parser("show", parents=[registry], help="one version and its history, as JSON")
+    q.add_argument("id", help="version id")
+    q = models.add_parser("register", parents=[registry], help="add a candidate version")
+    q.add_argument("--tenant", required=True, help="the tenant it serves")
+    q.add_argument("--base", required=True, help="Hugging Face base model directory")
+    q.add_argument("--adapter", help="PEFT adapter directory (default: the base itself)")
+    q.add_argument("--method", default="pretrain", help="what made it: pretrain, grpo, opsd...")
+    q.add_argument("--config", help="its training config as a JSON object")
+    q.add_argument("--parent", help="the version it was trained from")
+    q.add_argument("--id", help="version id (default: TENANT-vN)")
+    q = models.add_parser("promote", parents=[registry], help="make a version answer its tenant")
+    q.add_argument("id", help="version id")
+    q.add_argument("--reason", help="why (kept in the history)")
+    q = models.add_parser(
+        "rollback", parents=[registry], help="withdraw the promoted version, restore the previous"
+    )
+    q.add_argument("--tenant", required=True, help="whose promoted version to roll back")
+    q.add_argument("--reason", help="why (kept in the history)")
+    for q in models.choices.values():
+        _one_line_errors(q)
+    p.set_defaults(func=cmd_models)
     return parser
 
 

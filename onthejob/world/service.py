@@ -64,6 +64,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from onthejob.envs.base import clip
 from onthejob.envs.shop import (
     HELP,
     MAX_ACTION_CHARS,
@@ -442,7 +443,7 @@ class LiveShop:
         acct["offences"] += 1
         acct["last_offence"] = now
         if acct["offences"] >= cfg.offences_to_ban:
-            acct["offences"] = 0
+            acct["offences"], acct["throttled_until"] = 0, 0.0
             acct["banned_until"] = now + cfg.ban_s
             return Banned(
                 f"banned for {cfg.ban_s:.0f} seconds: {why}, offence {cfg.offences_to_ban} of {cfg.offences_to_ban}.",
@@ -527,7 +528,7 @@ class LiveShop:
         if verb == "open":
             if rest not in items:
                 return (
-                    f"no item {rest[:12] or 'id'}. open an id from the results.",
+                    f"no item {clip(rest, 12) or 'id'}. open an id from the results.",
                     cost,
                     False,
                     True,
@@ -553,7 +554,7 @@ class LiveShop:
         if verb == "remove":
             if rest not in cart:
                 return (
-                    f"{rest[:12] or 'that'} is not in the cart. remove <id> of a cart item.",
+                    f"{clip(rest, 12) or 'that'} is not in the cart. remove <id> of a cart item.",
                     cost,
                     False,
                     True,

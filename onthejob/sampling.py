@@ -10,8 +10,14 @@ plain or PEFT-wrapped, run through the lean static-cache forward of
 `onthejob.models.fast`; any other causal LM runs through its own HF forward
 and cache, one token per step.
 
+Streaming: `sample(..., on_tokens=f)` calls `f(prompt_indices, token_ids)` once
+per decode step with the token each still-sampling prompt just drew (a prompt's
+last call carries its EOS or stop-completing token), so a server can stream
+text while the batch decodes; the callback runs on the sampling thread and must
+be quick.
+
 Not covered: beam search, repetition penalties, min-length, speculative
-decoding, streaming, and continuous batching (no new prompts join a running
+decoding, and continuous batching (no new prompts join a running
 batch). The lean path drops finished rows from its batch as they accumulate;
 the generic loop keeps computing them until the last row finishes.
 
@@ -34,7 +40,7 @@ prompt order).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +53,9 @@ from onthejob.models.logprobs import positions_from_mask
 from onthejob.models.tokenizer import end_token_ids
 
 FINISH_REASONS = ("length", "eos", "stop")
+
+TokenCallback = Callable[[list[int], list[int]], None]
+"""on_tokens(prompt_indices, token_ids): the token each still-sampling prompt drew this step."""
 
 
 @dataclass(frozen=True)
@@ -276,8 +285,12 @@ def _decode(
     eos_ids: torch.Tensor,
     stops: _StopStrings | None,
     generator: torch.Generator | None,
+    on_tokens: TokenCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, _Finished]:
-    """The sampling loop: tokens [B, N], log-probs [B, N] and where each row finished."""
+    """The sampling loop: tokens [B, N], log-probs [B, N] and where each row finished.
+
+    `on_tokens` gets batch rows (not prompt indices) and their tokens, live rows only.
+    """
     batch, budget, device = len(input_ids), config.max_new_tokens, input_ids.device
     tokens = torch.zeros(batch, budget, dtype=torch.long, device=device)
     logprobs = torch.zeros(batch, budget, dtype=torch.float32, device=device)
@@ -293,6 +306,8 @@ def _decode(
         token, logprob = next_tokens(logits, config, generator)
         tokens[rows, step] = token
         logprobs[rows, step] = logprob
+        if on_tokens is not None:
+            on_tokens(rows[live].tolist(), token[live].tolist())
         if len(eos_ids):
             ended = torch.isin(token, eos_ids) & live
             finished.lengths[rows[ended]] = step + 1
@@ -322,10 +337,13 @@ def sample(
     prompts: Sequence[Sequence[int]],
     config: SamplingConfig,
     eos_token_ids: Sequence[int] | None = None,
+    on_tokens: TokenCallback | None = None,
 ) -> Samples:
     """Sample one completion per prompt (token-id lists); ids and log-probs exactly as sampled.
 
     `eos_token_ids` end a completion (default: `end_token_ids(tokenizer)`; [] for none).
+    `on_tokens(prompt_indices, token_ids)` is called after every decode step (see the
+    module docstring).
     """
     checked = _check_prompts(model, prompts, config)
     eos = end_token_ids(tokenizer) if eos_token_ids is None else [int(t) for t in eos_token_ids]
@@ -350,8 +368,15 @@ def sample(
                 decoder = HFCacheDecoder(model)
             eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
             stops = _StopStrings(tokenizer, config.stop_strings) if config.stop_strings else None
+            step_callback: TokenCallback | None = None
+            if on_tokens is not None:
+                callback = on_tokens  # rows run in `order`; the callback speaks prompt indices
+
+                def step_callback(rows: list[int], ids: list[int]) -> None:
+                    callback([order[row] for row in rows], ids)
+
             tokens, logprobs, finished = _decode(
-                decoder, input_ids, attention_mask, config, eos_ids, stops, generator
+                decoder, input_ids, attention_mask, config, eos_ids, stops, generator, step_callback
             )
     finally:
         for module, mode in training:

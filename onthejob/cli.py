@@ -5,6 +5,8 @@
     onthejob eval        evaluate a model: context reading, corrections, envs, world model
     onthejob env-serve   serve one environment over HTTP on 127.0.0.1
     onthejob models      model versions: list, show, register, promote, rollback
+    onthejob serve       the OpenAI-compatible chat API, sessions, feedback and web UI
+    onthejob feedback    give a running server a thumb and/or a note on a session
 
 Each subcommand is a thin shell over a library function; flags map to the
 fields of that stage's config dataclass.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -207,6 +210,104 @@ def cmd_env_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from onthejob.registry import Registry, RegistryError, default_registry_path
+    from onthejob.serve.app import ApiError, ServeConfig, bind, create_app, serve
+    from onthejob.serve.engine import EngineConfig
+    from onthejob.store import StoreError, default_store_path
+    from onthejob.train.pretrain import default_model_dir
+
+    store_path = Path(args.store) if args.store else default_store_path()
+    registry_path = Path(args.registry) if args.registry else default_registry_path()
+    try:
+        registry = Registry(registry_path)
+        version = registry.promoted(args.tenant)
+        if version is None:  # the tenant gets --model (else the pretrained default)
+            model_dir = Path(args.model) if args.model else default_model_dir()
+            if not args.model and not model_dir.is_dir():
+                print(
+                    f"onthejob: no pretrained model at {model_dir} and tenant {args.tenant!r} has"
+                    " no promoted version; run `onthejob pretrain` first (or pass --model DIR)",
+                    file=sys.stderr,
+                )
+                return 2
+            actor = "onthejob serve"
+            version = registry.register(args.tenant, model_dir, method="base", actor=actor)
+            registry.promote(version.id, reason="served by onthejob serve", actor=actor)
+            print(f"registered {model_dir} as {version.id}, promoted for tenant {args.tenant}")
+        elif args.model:
+            print(
+                f"tenant {args.tenant} already has promoted version {version.id}; serving it"
+                " (--model is used only for a tenant without one)"
+            )
+        engine = EngineConfig(device=args.device, max_batch=args.max_batch)
+        app = create_app(
+            store_path, registry_path, ServeConfig(default_tenant=args.tenant, engine=engine)
+        )
+    except (RegistryError, StoreError) as e:
+        print(f"onthejob: {e}", file=sys.stderr)
+        return 2
+    try:
+        app.state.service.load(version)  # a broken model fails now, not on the first request
+    except ApiError as e:
+        print(f"onthejob: {e.message}", file=sys.stderr)
+        return 2
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as e:
+        print(f"onthejob: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    print(
+        f"serving {version.id} for tenant {args.tenant} on http://{host}:{port}"
+        f" (web UI at /; store {store_path}; registry {registry_path})",
+        flush=True,
+    )
+    serve(app, sock)
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    import httpx
+
+    thumb = "up" if args.up else "down" if args.down else None
+    if thumb is None and not (args.note or "").strip():
+        print("onthejob feedback: give --up, --down or --note TEXT (or several)", file=sys.stderr)
+        return 2
+    url = args.url.rstrip("/")
+    path = f"/v1/sessions/{urllib.parse.quote(args.session, safe='')}/feedback"
+    body = {"thumb": thumb, "evaluation": args.note, "author": args.author}
+    try:
+        response = httpx.post(url + path, json=body, timeout=30)
+    except httpx.HTTPError as e:
+        print(
+            f"onthejob feedback: cannot reach the server at {url} ({e}); start it with"
+            " `onthejob serve` or pass --url",
+            file=sys.stderr,
+        )
+        return 1
+    if not response.is_success:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {response.status_code}: {response.text[:200]}"
+        print(f"onthejob feedback: {message}", file=sys.stderr)
+        return 1
+    given = response.json()
+    what = ", ".join(
+        part
+        for part in (
+            f"thumb {thumb}" if thumb else "",
+            f"note of {len(args.note)} characters" if args.note else "",
+        )
+        if part
+    )
+    print(f"feedback {given['id']} recorded for session {args.session} ({what})")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import getpass
 
@@ -339,6 +440,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--set", action="append", help="config override KEY=VALUE (repeatable)")
     p.set_defaults(func=cmd_env_serve)
+
+    p = sub.add_parser("serve", help="the chat API, sessions, feedback and web UI on 127.0.0.1")
+    _one_line_errors(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (keep it local)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed)")
+    p.add_argument("--store", help="experience store file (default: in the cache)")
+    p.add_argument("--registry", help="model registry file (default: in the cache)")
+    p.add_argument(
+        "--model",
+        help="model directory registered and promoted if the tenant has no promoted version"
+        " (default: the cached pretrained model)",
+    )
+    p.add_argument(
+        "--tenant", default="default", help="tenant of --model and of requests without X-Tenant"
+    )
+    p.add_argument("--device", default="cpu", help="where models run: cpu, cuda, cuda:1...")
+    p.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("feedback", help="give a running server a thumb and/or a note on a session")
+    _one_line_errors(p)
+    p.add_argument("session", help="session id")
+    thumbs = p.add_mutually_exclusive_group()
+    thumbs.add_argument("--up", action="store_true", help="thumb up")
+    thumbs.add_argument("--down", action="store_true", help="thumb down")
+    p.add_argument("--note", help="a written evaluation")
+    p.add_argument("--author", help="who gives it (default: the session's user, else anonymous)")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("ONTHEJOB_URL", "http://127.0.0.1:8000"),
+        help="the server (default: $ONTHEJOB_URL, else http://127.0.0.1:8000)",
+    )
+    p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")
     _one_line_errors(p)

@@ -1,0 +1,15 @@
+"""Serving: the OpenAI-compatible chat API, sessions, feedback and the web UI.
+
+    protocol.py   request and response bodies (pydantic), OpenAI's shapes
+    chat.py       what the model reads of a request; the text protocol of tool calls
+    engine.py     loaded model versions and the worker that batches generation
+    app.py        the FastAPI app (routes, recording in the store, errors) and running it
+    static/       the web UI (plain HTML, JS and CSS; no build step, no CDN)
+
+`onthejob serve` runs it (see `onthejob.cli`).
+"""
+
+from onthejob.serve.app import ServeConfig, create_app, serve, serve_in_thread
+from onthejob.serve.engine import Engine, EngineConfig
+
+__all__ = ["Engine", "EngineConfig", "ServeConfig", "create_app", "serve", "serve_in_thread"]

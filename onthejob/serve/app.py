@@ -200,7 +200,7 @@ def _validation_message(error: ValidationError | RequestValidationError) -> str:
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    return f"invalid request: {where or 'body'}: {message}{more}"
+    return f"invalid request: {where + ': ' if where else ''}{message}{more}"
 
 
 @dataclass

@@ -64,6 +64,15 @@ class ChatMessage(_Request):
     tool_calls: list[ToolCallBody] | None = None
     tool_call_id: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def content_shape(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str | list):
+            raise ValueError(
+                f"content must be a string or a list of text parts, got {type(value).__name__}"
+            )
+        return value
+
     @model_validator(mode="after")
     def consistent(self) -> ChatMessage:
         if self.tool_calls and self.role != "assistant":

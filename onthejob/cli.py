@@ -7,6 +7,7 @@
     onthejob models      model versions: list, show, register, promote, rollback
     onthejob serve       the OpenAI-compatible chat API, sessions, feedback and web UI
     onthejob feedback    give a running server a thumb and/or a note on a session
+    onthejob work        a week of simulated users at an org, through the real server
 
 Each subcommand is a thin shell over a library function; flags map to the
 fields of that stage's config dataclass.
@@ -308,6 +309,130 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_work(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from onthejob.registry import Registry, default_registry_path
+    from onthejob.store import default_store_path
+    from onthejob.train.pretrain import default_model_dir, onthejob_home
+    from onthejob.world import make_org
+    from onthejob.world.users import SessionRecord, UsersConfig
+    from onthejob.world.week import WeekConfig, run_week
+
+    try:
+        users = UsersConfig(
+            seed=args.seed,
+            paste_share=args.paste_share,
+            step_budget=args.step_budget,
+            wrong_thumb_share=args.wrong_thumbs,
+        )
+        config = WeekConfig(org_seed=args.org, days=args.days, users=users)
+    except ValueError as e:
+        print(f"onthejob work: {e}", file=sys.stderr)
+        return 2
+    tenant = make_org(args.org, config.org).tenant
+    store = Path(args.store) if args.store else default_store_path()
+    registry = Path(args.registry) if args.registry else default_registry_path()
+    shop = Path(args.shop) if args.shop else onthejob_home() / "world" / tenant / "shop.sqlite"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = (
+        Path(args.run_dir) if args.run_dir else onthejob_home() / "runs" / f"work-{tenant}-{stamp}"
+    )
+    model_dir = Path(args.model) if args.model else None
+    if model_dir is not None and not model_dir.is_dir():
+        print(f"onthejob work: model directory not found: {model_dir}", file=sys.stderr)
+        return 2
+    if model_dir is None and args.server is None:
+        promoted = Registry(registry).promoted(tenant) if registry.exists() else None
+        if promoted is None:
+            model_dir = default_model_dir()
+            if not model_dir.is_dir():
+                print(
+                    f"onthejob: no pretrained model at {model_dir}; run `onthejob pretrain` first",
+                    file=sys.stderr,
+                )
+                return 2
+    console = Console()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
+    ) as bar:
+        task = bar.add_task(f"{tenant}: starting the shop and the server", total=None)
+
+        def progress(done: int, total: int, sessions: list[SessionRecord]) -> None:
+            last = sessions[-1] if sessions else None
+            what = "" if last is None else f"day {last.day}, {last.user}: {_tasks_done(sessions)}"
+            bar.update(task, completed=done, total=total, description=f"{tenant} sessions {what}")
+
+        try:
+            report = run_week(
+                config,
+                run_dir,
+                model_dir,
+                store=store,
+                registry=registry,
+                shop=shop,
+                server_url=args.server,
+                server_port=args.port,
+                progress=progress,
+            )
+        except RuntimeError as e:
+            print(f"onthejob work: {e}", file=sys.stderr)
+            return 1
+    first, last = report.days[0], report.days[-1]
+    weeks = f"week {first.week}" + (f" to {last.week}" if last.week != first.week else "")
+    table = Table(
+        title=f"work at {tenant}, days {first.day}-{last.day} ({weeks}), model {report.model}",
+        caption="questions right at the first reply, with the document holding the answer in"
+        " the conversation and without it; right after a correction, of those wrong first;"
+        " orders judged from the live shop's state",
+    )
+    for column in ("day", "sessions", "with doc", "no doc", "corrected", "orders", "actions", "up/down", "notes"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "day" else "right")
+    rows = [(str(day.day), day) for day in report.days]
+    for label, row in [*rows, ("all", report.totals())]:
+        wrong_first = row.questions - row.right_with_document - row.right_without_document
+        table.add_row(
+            label,
+            str(row.sessions),
+            _share(row.right_with_document, row.with_document),
+            _share(row.right_without_document, row.without_document),
+            _share(row.right_after_correction, wrong_first),
+            _share(row.orders_done, row.orders),
+            str(row.actions) + (f" ({row.refused_orders}!)" if row.refused_orders else ""),
+            f"{row.thumbs_up}/{row.thumbs_down}",
+            str(row.evaluations),
+        )
+    console.print(table)
+    sent = report.sent
+    print(
+        f"users sent {sent.user_messages} messages and {sent.observations} tool results and gave"
+        f" {sent.feedback} thumbs ({sent.evaluations} with notes); the agent made"
+        f" {sent.tool_calls} tool calls ({sent.actions} shop actions logged;"
+        " '!' marks orders the shop refused: throttled or banned)"
+    )
+    print(
+        f"store {report.store}; shop {report.shop} (day {report.first_day + len(report.days)} next)"
+    )
+    print(f"report {run_dir / 'week.json'}; {report.wall_s:.0f}s")
+    return 0
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part}/{whole} {part / whole:.2f}" if whole else "-"
+
+
+def _tasks_done(sessions: list) -> str:
+    tasks = [t for s in sessions for t in s.tasks]
+    return f"{sum(t.success for t in tasks)}/{len(tasks)} tasks done"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import getpass
 
@@ -473,6 +598,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server (default: $ONTHEJOB_URL, else http://127.0.0.1:8000)",
     )
     p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("work", help="a week of simulated users at an org, through the real server")
+    _one_line_errors(p)
+    p.add_argument("--org", type=int, default=1, help="seed of the organisation")
+    p.add_argument("--days", type=int, default=5, help="working days (5: a week)")
+    p.add_argument(
+        "--model",
+        help="model directory to serve (default: the org's promoted version, else the cached"
+        " pretrained model)",
+    )
+    p.add_argument("--store", help="experience store file (default: in the cache)")
+    p.add_argument("--registry", help="model registry file (default: in the cache)")
+    p.add_argument("--shop", help="the org's live shop database (default: in the cache; continues)")
+    p.add_argument("--run-dir", help="logs and week.json (default: a new folder in the cache)")
+    p.add_argument("--port", type=int, default=0, help="port of the server (0: a free one)")
+    p.add_argument("--server", help="URL of a running `onthejob serve` on --store to use instead")
+    p.add_argument("--seed", type=int, default=0, help="seed of the users' choices")
+    p.add_argument(
+        "--paste-share", type=float, default=0.5, help="chance a user pastes the document"
+    )
+    p.add_argument("--step-budget", type=int, default=10, help="most shop actions per order")
+    p.add_argument(
+        "--wrong-thumbs", type=float, default=0.1, help="share of sessions with a wrong thumb"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_work)
 
     p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")
     _one_line_errors(p)

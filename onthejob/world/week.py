@@ -362,6 +362,7 @@ def run_week(
     registry: Path | None = None,
     shop: Path | None = None,
     server_url: str | None = None,
+    server_port: int = 0,
     progress: Progress | None = None,
 ) -> WeekReport:
     """Run `config.days` working days of the org; everything is stopped on the way out.
@@ -369,7 +370,8 @@ def run_week(
     run_dir: logs and `week.json`; store, registry and shop default to files in it.
     model_dir: the model to serve (registered and promoted for the org's tenant); None: the
     tenant's promoted version. server_url: a running server on `store` to use instead of
-    starting one (then `registry` and `model_dir` are not used).
+    starting one (then `registry` and `model_dir` are not used); server_port: the port of
+    the server started here (0: a free one).
     """
     started = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -384,7 +386,7 @@ def run_week(
             registry = registry or run_dir / "registry.sqlite"
             ensure_promoted(registry, org.tenant, model_dir)
             server = stack.enter_context(
-                server_child(store, registry, org.tenant, run_dir / "server.log")
+                server_child(store, registry, org.tenant, run_dir / "server.log", server_port)
             )
             server_url = server.start(config.startup_timeout_s)
         service = stack.enter_context(ServiceClient(shop_url))

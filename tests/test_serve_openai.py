@@ -222,6 +222,21 @@ def test_tool_call_round_trip(server, client, store):
     assert turns[4].content == ANSWER
     assert all(t.token_ids for t in turns)
 
+    # the stored transcript sent back as plain text continues the session, tools or not
+    transcript = [
+        {"role": t.role, "content": t.content}
+        | ({"tool_call_id": t.tool_call_id} if t.tool_call_id else {})
+        for t in turns
+    ]
+    client.chat.completions.create(
+        model="default",
+        messages=[*transcript, {"role": "user", "content": "hello"}],
+        temperature=0,
+        max_tokens=5,
+        extra_headers={"X-Session-Id": session},
+    )
+    assert [t.role for t in store.turns(session)][5:] == ["user", "assistant"]
+
 
 def test_a_streamed_tool_call_arrives_as_tool_calls_only(server, client):
     stream = client.chat.completions.create(

@@ -226,8 +226,11 @@ def check_tool_ids(stored: Sequence[ModelTurn], new: Sequence[ModelTurn]) -> Non
 
 
 def turn_key(turn: ModelTurn) -> tuple[Any, ...]:
-    """What must be equal for an incoming message to be a stored turn."""
-    return (turn.role, turn.content, turn.tool_calls, turn.tool_call_id)
+    """What must be equal for an incoming message to be a stored turn: what the model reads,
+    and which call a tool turn answers. An assistant turn's call records are not compared,
+    so a stored transcript sent back as plain text (`content` = the stored `name: arguments`
+    line, no `tool_calls`) continues its session as well as the OpenAI shape does."""
+    return (turn.role, turn.content, turn.tool_call_id)
 
 
 class ToolCallGate:

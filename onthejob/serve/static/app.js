@@ -67,10 +67,10 @@ function callText(call) {
 
 function renderMessage(message) {
   if (message.role === "assistant" && message.tool_calls && message.tool_calls.length) {
-    if (message.content) bubble("assistant", message.content);
+    if (message.content && !message.stored) bubble("assistant", message.content);
     for (const call of message.tool_calls) bubble("tool call", callText(call), "toolcall");
   } else if (message.role === "tool") {
-    bubble(`tool result (${message.tool_call_id})`, message.content, "tool");
+    bubble("tool result", message.content, "tool").title = `answers ${message.tool_call_id}`;
   } else {
     bubble(message.role, message.content || "");
   }
@@ -124,21 +124,27 @@ function openSession(id, messages) {
   }
 }
 
+// A stored turn, shown with its tool calls and sent back as stored: its content is what
+// the model read (a call as its "name: arguments" line), so the session continues without
+// declaring the tools it was started with.
 function turnMessage(turn) {
-  if (turn.role === "assistant" && turn.tool_calls.length) {
-    return {
-      role: "assistant",
-      content: null,
-      tool_calls: turn.tool_calls.map((c) => ({
-        id: c.id,
-        type: "function",
-        function: { name: c.name, arguments: c.arguments },
-      })),
-    };
-  }
-  const message = { role: turn.role, content: turn.content };
+  const message = { role: turn.role, content: turn.content, stored: true };
   if (turn.tool_call_id) message.tool_call_id = turn.tool_call_id;
+  if (turn.tool_calls.length) {
+    message.tool_calls = turn.tool_calls.map((c) => ({
+      id: c.id,
+      type: "function",
+      function: { name: c.name, arguments: c.arguments },
+    }));
+  }
   return message;
+}
+
+function wireMessage(message) {
+  if (!message.stored) return message;
+  const wire = { role: message.role, content: message.content };
+  if (message.tool_call_id) wire.tool_call_id = message.tool_call_id;
+  return wire;
 }
 
 async function viewSession(id) {
@@ -246,7 +252,7 @@ async function send(event) {
     $("message").value = "";
     const body = {
       model: "default",
-      messages: history,
+      messages: history.map(wireMessage),
       stream: true,
       max_tokens: Number($("max-tokens").value) || 64,
       temperature: Number($("temperature").value),
@@ -344,11 +350,11 @@ async function sendFeedback() {
       evaluation: evaluation || null,
       author: $("author").value.trim() || null,
     });
-    status.textContent = "feedback saved";
     $("evaluation").value = "";
     setThumb(null);
     const session = await api("GET", `/v1/sessions/${encodeURIComponent(state.sessionId)}`);
     renderFeedback(session.feedback);
+    status.textContent = "feedback saved";
     refreshSessions();
   } catch (e) {
     status.textContent = e.message;

@@ -22,6 +22,8 @@ import pytest
 
 from onthejob.cli import main
 from onthejob.models import build_model, save_model
+from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM
+from onthejob.serve.chat import TOOLS_HEADER
 from onthejob.store import Store
 from onthejob.world import OrgConfig, ServiceConfig
 from onthejob.world.users import TaskRecord, UsersConfig, evaluation_text, judge
@@ -84,6 +86,11 @@ def test_a_short_week_is_in_the_store_exactly_as_the_users_sent_it(tmp_path, mod
             assert session.tenant == report.tenant and session.user == record.user
             assert session.ended is not None and session.meta["day"] == record.day
             turns = store.turns(record.id)
+            assert session.meta["kind"] == record.kind == record.tasks[0].kind
+            if turns and record.kind == "question":  # the reading format: no tools listed
+                assert turns[0].content == KNOWLEDGE_SYSTEM
+            elif turns:
+                assert turns[0].content.startswith(AGENT_SYSTEM["shop"] + "\n" + TOOLS_HEADER)
             for turn in turns:
                 roles[turn.role] += 1
                 observed += sum(call.observation is not None for call in turn.tool_calls)

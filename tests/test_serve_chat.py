@@ -158,3 +158,37 @@ def test_the_gate_holds_a_possible_call_and_releases_plain_text():
     gate = ToolCallGate(TOOLS, active=True)
     assert [gate.feed(d) for d in ["shop: x", "\nmore"]] == ["", "shop: x\nmore"]
     assert ToolCallGate(TOOLS, active=False).feed("shop: x") == "shop: x"
+
+
+def test_render_gives_the_model_its_own_sampled_tokens_back(tokenizer):
+    from onthejob.models import END, encode_text, render_chat
+    from onthejob.serve.app import render
+
+    end = tokenizer.convert_tokens_to_ids(END)
+    special = tokenizer.convert_tokens_to_ids("<|tool|>")
+    odd = [i for ch in "blue shirt" for i in encode_text(tokenizer, ch)]  # one per character
+    assert odd != encode_text(tokenizer, "blue shirt")
+    turns = [
+        ModelTurn("user", "hi"),
+        ModelTurn("assistant", "blue shirt"),  # sampled as `odd`, ended by the end token
+        ModelTurn("user", "and?"),
+        ModelTurn("assistant", "<|tool|>x"),  # a special token sampled, cut by the budget
+        ModelTurn("user", "count"),
+        ModelTurn("assistant", "one two"),  # cut before the stop string " three"
+    ]
+    stop_cut = encode_text(tokenizer, "one two three")
+    sampled = {1: [*odd, end], 3: [special, *encode_text(tokenizer, "x")], 5: stop_cut}
+    ids, spans = render(tokenizer, turns, sampled)
+    plain = render_chat(tokenizer, [{"role": t.role, "content": t.content} for t in turns], True)
+    assert spans[1] == [*odd, end]
+    assert spans[3] == [special, *encode_text(tokenizer, "x"), end]
+    assert spans[5] == encode_text(tokenizer, "one two") + [end]  # re-encoded from its text
+    assert [spans[i] for i in (0, 2, 4)] == [
+        plain.ids[start:stop] for i, (_, start, stop) in enumerate(plain.spans) if i % 2 == 0
+    ]
+    assert ids == [
+        token
+        for turn, span in zip(turns, spans, strict=True)
+        for token in [tokenizer.convert_tokens_to_ids(f"<|{turn.role}|>"), *span]
+    ] + [tokenizer.convert_tokens_to_ids("<|assistant|>")]
+    assert render(tokenizer, turns) == (plain.ids, [plain.ids[a:b] for _, a, b in plain.spans])

@@ -68,7 +68,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
 from onthejob.models import ModelDirError
-from onthejob.models.tokenizer import encode_text, has_onthejob_format, render_chat
+from onthejob.models.tokenizer import (
+    END,
+    encode_text,
+    has_onthejob_format,
+    render_chat,
+    token_id,
+)
 from onthejob.registry import ModelVersion, Registry, RegistryError, UnknownVersion
 from onthejob.serve.chat import (
     ChatError,
@@ -320,9 +326,10 @@ class Service:
                 )
             if session.ended is not None:
                 raise conflict(f"session {session_id!r} has ended; start a new one")
-            stored = self.stored_turns(session.id)
+            stored_raw = self.store.turns(session.id)
         else:
-            session, stored = None, []
+            session, stored_raw = None, []
+        stored = [stored_turn(t) for t in stored_raw]
         version = self.version_for(session.tenant if session else tenant, request.model)
         try:
             forced = forced_tool(request)
@@ -332,7 +339,7 @@ class Service:
         except ChatError as e:
             raise ApiError(400, str(e)) from None
         loaded = self.load(version)
-        prompt, turn_ids = render(loaded.tokenizer, turns)
+        prompt, turn_ids = render(loaded.tokenizer, turns, self.sampled_ids(stored_raw, version))
         prefix = f"{forced}:" if forced else ""
         prefix_ids = text_ids(loaded.tokenizer, prefix) if prefix else []
         max_tokens = request.max_completion_tokens or request.max_tokens
@@ -368,6 +375,24 @@ class Service:
             prefix_ids,
             settings,
         )
+
+    def sampled_ids(self, stored: list[Turn], version: ModelVersion) -> dict[int, list[int]]:
+        """Stored assistant turns' sampled ids, by turn index, where `version` reads them
+        with the same tokenizer (the version that sampled them, or one on the same base)."""
+        same_base: dict[str, bool] = {version.id: True}
+        found = {}
+        for index, turn in enumerate(stored):
+            sampler = turn.model_version
+            if turn.role != "assistant" or not turn.token_ids or sampler is None:
+                continue
+            if sampler not in same_base:
+                try:
+                    same_base[sampler] = self.registry.get(sampler).base == version.base
+                except RegistryError:
+                    same_base[sampler] = False
+            if same_base[sampler]:
+                found[index] = turn.token_ids
+        return found
 
     def stored_turns(self, session_id: str) -> list[ModelTurn]:
         return [stored_turn(t) for t in self.store.turns(session_id)]
@@ -479,18 +504,40 @@ def text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def render(
-    tokenizer: PreTrainedTokenizerBase, turns: list[ModelTurn]
+    tokenizer: PreTrainedTokenizerBase,
+    turns: list[ModelTurn],
+    sampled: dict[int, list[int]] | None = None,
 ) -> tuple[list[int], list[list[int]]]:
     """Prompt ids and each turn's ids.
 
-    This project's format: each turn's ids are its exact span of the prompt (content and
-    end token). Other tokenizers go through their chat template; a turn's ids are then its
-    content encoded alone (the template's markers are not attributed to turns).
+    This project's format: `render_chat` renders the turns, then each assistant turn whose
+    sampled ids are given (`sampled`: turn index -> ids as sampled) and decode to its text
+    gets them back in its span (closed by the end token), so the model reads its own
+    earlier tokens, not a re-tokenization of their text (which can differ: a sampled token
+    sequence need not be the canonical encoding of its text, and a special token the model
+    sampled would come back as plain characters). A reply cut before a stop string does not
+    decode to its text and is re-encoded. Each turn's ids are its span of the prompt
+    (content and end token).
+
+    Other tokenizers go through their own chat template from the text; a turn's ids are then
+    its content encoded alone (the template's markers are not attributed to turns).
     """
     messages = [{"role": t.role, "content": t.content} for t in turns]
     if has_onthejob_format(tokenizer):
         chat = render_chat(tokenizer, messages, add_generation_prompt=True)
-        return chat.ids, [chat.ids[start:stop] for _, start, stop in chat.spans]
+        ids, spans, shift = list(chat.ids), [], 0
+        end = token_id(tokenizer, END)
+        for index, (_, start, stop) in enumerate(chat.spans):
+            start, stop = start + shift, stop + shift
+            own = list((sampled or {}).get(index, ()))
+            if own and own[-1] == end:
+                own.pop()
+            if own and tokenizer.decode(own) == turns[index].content:
+                ids[start:stop] = [*own, end]
+                shift += len(own) + 1 - (stop - start)
+                stop = start + len(own) + 1
+            spans.append(ids[start:stop])
+        return ids, spans
     from onthejob.models.tokenizer import chat_prompt_ids
 
     return chat_prompt_ids(tokenizer, messages), [text_ids(tokenizer, t.content) for t in turns]

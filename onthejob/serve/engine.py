@@ -60,7 +60,7 @@ class EngineConfig:
 
     max_batch: int = 32
     """Most requests decoded together in one `sample` call."""
-    batch_wait_s: float = 0.03
+    batch_wait_s: float = 0.01
     """Longest an idle worker waits for more requests to fill a batch (0: never waits)."""
     default_max_tokens: int = 256
     """Reply budget when a request gives none (lowered to what the context leaves)."""

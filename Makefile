@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/onthejob pretrain
 	$(BIN)/onthejob eval
 	$(BIN)/onthejob train
+	$(BIN)/onthejob work --org 1 --days 5
 
 test: $(STAMP)
 	$(BIN)/ruff check onthejob tests benchmarks

@@ -149,6 +149,27 @@ def test_a_short_week_is_in_the_store_exactly_as_the_users_sent_it(tmp_path, mod
     assert processes_mentioning(str(tmp_path)) == []
 
 
+def test_the_same_week_twice_is_the_same_week(tmp_path, model_dir):
+    """Seeded users and greedy replies: a fresh run of the same config repeats everything."""
+    org = replace(SMALL_ORG, users=1)
+    config = WeekConfig(org_seed=9, days=1, org=org, users=UsersConfig(step_budget=2))
+
+    def outline(report):
+        return (
+            [
+                (s.user, s.day, s.kind, s.thumb, s.evaluation, [asdict(t) for t in s.tasks])
+                for s in report.sessions
+            ],
+            [asdict(d) for d in report.days],
+            asdict(report.sent),
+        )
+
+    first = run_week(config, tmp_path / "a", model_dir)
+    second = run_week(config, tmp_path / "b", model_dir)
+    assert outline(first) == outline(second)
+    assert {s.id for s in first.sessions}.isdisjoint(s.id for s in second.sessions)
+
+
 def test_a_failed_start_leaves_no_process_behind(tmp_path):
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()

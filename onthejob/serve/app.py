@@ -16,27 +16,33 @@ Covers (FastAPI, run by uvicorn on 127.0.0.1):
 Sessions and tenants: a chat request names its session by the `X-Session-Id` header or
 the `user` field (which OpenAI clients send as a plain string); without either, a new
 session is started. The tenant is the session's; a new session's tenant is the
-`X-Tenant` header, else "default". The reply's headers carry `X-Session-Id` and
-`X-Model-Version`. `model` "default" (or "") means the tenant's promoted version; any
-other value must be the id of one of the tenant's versions (one tenant's adapter never
-answers another tenant).
+`X-Tenant` header, else `ServeConfig.default_tenant` ("default"; `onthejob serve
+--tenant` sets it). The reply's headers carry `X-Session-Id` and `X-Model-Version`.
+`model` "default" (or "") means the tenant's promoted version; any other value must be
+the id of one of the tenant's versions (one tenant's adapter never answers another
+tenant).
 
 Recording: the client sends the whole conversation each time (the API is OpenAI's,
 stateless). The messages are rendered to the turns the model reads (`serve.chat`: tool
 calls as text lines, the tool listing in the system turn), and those turns must continue
-the session's stored ones: the stored turns are a prefix of the request's, and the rest
-are new. The new turns (with the token ids they were rendered to) and the reply (with its
-sampled token ids and model version) are written in ONE `Store.add_turns` transaction
-before the reply is sent: a reply the client sees is on disk. A streamed reply is written
-when generation ends, before its final chunk (with the finish_reason) and `[DONE]`; a
-client that goes away before then leaves nothing stored. Everything is validated before
-that one write, so a bad request leaves the store as it was.
+the session's stored ones: the stored turns are a prefix of the request's (compared on
+role, text and the call a tool turn answers), and the rest are new. The prompt gives
+the model its own sampled ids back for stored assistant turns (see `render`). The new
+turns (with the token ids they were rendered to) and the reply (with its sampled token
+ids and model version) are written in ONE `Store.add_turns` transaction before the
+reply is sent: a reply the client sees is on disk. (A session started by the request
+itself is created just before that write, in its own transaction: the store has no
+"start with turns" call; a failed request never creates one.) A streamed reply is
+written when generation ends, before its final chunk (with the finish_reason) and
+`[DONE]`; a client that goes away before then leaves nothing stored. Everything is
+validated before that write, so a bad request leaves the store as it was.
 
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for a
 malformed body (bad JSON, invalid UTF-8, wrong types, a prompt longer than the model's
 context), 413 for a body over `max_body_bytes`, 404 for an unknown session, model,
 route, or a tenant without a promoted version, 409 for a request that does not fit the
-session (ended, or messages that do not continue its stored turns), 500 otherwise.
+session (ended, or messages that do not continue its stored turns), 503 while shutting
+down, 500 otherwise.
 
 Not covered: authentication and TLS (bind to 127.0.0.1 only), rate limits, the
 legacy completions API, several processes serving one store (one server process; the
@@ -252,6 +258,10 @@ class Service:
         self.config = config
         # Striped locks: one session's "compare with stored turns, then append" is atomic.
         self._session_locks = [threading.Lock() for _ in range(64)]
+        # encode_text flips a flag on the shared tokenizer while it encodes; two threads
+        # interleaving could encode user text with special tokens parsed. Rendering is
+        # short, so it runs one request at a time.
+        self._render_lock = threading.Lock()
 
     def session_lock(self, session_id: str) -> threading.Lock:
         return self._session_locks[zlib.crc32(session_id.encode("utf-8", "replace")) % 64]
@@ -339,9 +349,11 @@ class Service:
         except ChatError as e:
             raise ApiError(400, str(e)) from None
         loaded = self.load(version)
-        prompt, turn_ids = render(loaded.tokenizer, turns, self.sampled_ids(stored_raw, version))
+        sampled_ids = self.sampled_ids(stored_raw, version)
         prefix = f"{forced}:" if forced else ""
-        prefix_ids = text_ids(loaded.tokenizer, prefix) if prefix else []
+        with self._render_lock:
+            prompt, turn_ids = render(loaded.tokenizer, turns, sampled_ids)
+            prefix_ids = text_ids(loaded.tokenizer, prefix) if prefix else []
         max_tokens = request.max_completion_tokens or request.max_tokens
         try:
             budget = self.engine.budget(loaded, len(prompt) + len(prefix_ids), max_tokens)

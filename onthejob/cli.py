@@ -213,8 +213,9 @@ def cmd_env_serve(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from onthejob.registry import Registry, RegistryError, default_registry_path
-    from onthejob.serve.app import ApiError, ServeConfig, bind, create_app, serve
+    from onthejob.serve.app import ServeConfig, bind, create_app, serve
     from onthejob.serve.engine import EngineConfig
+    from onthejob.serve.protocol import ApiError
     from onthejob.store import StoreError, default_store_path
     from onthejob.train.pretrain import default_model_dir
 

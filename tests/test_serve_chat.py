@@ -162,7 +162,7 @@ def test_the_gate_holds_a_possible_call_and_releases_plain_text():
 
 def test_render_gives_the_model_its_own_sampled_tokens_back(tokenizer):
     from onthejob.models import END, encode_text, render_chat
-    from onthejob.serve.app import render
+    from onthejob.serve.exchange import render
 
     end = tokenizer.convert_tokens_to_ids(END)
     special = tokenizer.convert_tokens_to_ids("<|tool|>")

@@ -3,7 +3,8 @@
     protocol.py   request and response bodies (pydantic), OpenAI's shapes
     chat.py       what the model reads of a request; the text protocol of tool calls
     engine.py     loaded model versions and the worker that batches generation
-    app.py        the FastAPI app (routes, recording in the store, errors) and running it
+    exchange.py   one exchange: session and version checks, prompt, reply, the record
+    app.py        the FastAPI app (routes, bodies, streaming, errors) and running it
     static/       the web UI (plain HTML, JS and CSS; no build step, no CDN)
 
 `onthejob serve` runs it (see `onthejob.cli`).

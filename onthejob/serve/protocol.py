@@ -1,8 +1,8 @@
 """The bodies of the serving API as pydantic models: OpenAI's chat shapes and ours.
 
 Covers: the request of `POST /v1/chat/completions` (the OpenAI fields this server
-honours), its response and streaming chunks, `GET /v1/models`, the session and
-feedback bodies, and OpenAI's error shape. Request models are strict (no "1" for 1,
+honours), its response, `GET /v1/models`, the session and feedback bodies, and OpenAI's
+error shape with `ApiError`, the exception every route turns into it. Request models are strict (no "1" for 1,
 no 1 for True): a wrong type is a 400 that names the field.
 
 Not covered: what the fields mean for generation (see `serve.engine`) or for tool
@@ -252,3 +252,21 @@ class FeedbackBody(_Request):
 def error_body(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, message, "not_found_error")
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, message, "conflict_error")

@@ -73,7 +73,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from onthejob.registry import ModelVersion, Registry
 from onthejob.serve.chat import ToolCallGate, parses_tool_calls
-from onthejob.serve.engine import Engine, EngineClosed, EngineConfig
+from onthejob.serve.engine import Engine, EngineClosed, EngineConfig, Generation
 from onthejob.serve.exchange import Prepared, Service
 from onthejob.serve.protocol import (
     ApiError,
@@ -290,7 +290,11 @@ def create_app(
         return JSONResponse(response.model_dump(), headers=headers(prepared))
 
     def stream_reply(
-        prepared: Prepared, generation: Any, completion_id: str, created: int, include_usage: bool
+        prepared: Prepared,
+        generation: Generation,
+        completion_id: str,
+        created: int,
+        include_usage: bool,
     ) -> Iterator[str]:
         """SSE events: role, content deltas (tool calls held back), stored, finish, [DONE]."""
         model = prepared.version.id

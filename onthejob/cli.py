@@ -24,8 +24,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NoReturn
 
-from onthejob.models.hf import ModelDirError
-
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from onthejob.train.pretrain import PretrainConfig, default_model_dir, pretrain
@@ -670,9 +668,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ModelDirError as e:
-        print(f"onthejob: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        # Only a stage that loaded the models package (and so torch) can raise a
+        # ModelDirError; looking it up here keeps `onthejob feedback` free of torch.
+        hf = sys.modules.get("onthejob.models.hf")
+        if hf is not None and isinstance(e, hf.ModelDirError):
+            print(f"onthejob: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("onthejob: interrupted", file=sys.stderr)
         return 130

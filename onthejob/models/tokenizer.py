@@ -26,6 +26,7 @@ tokens, so typing "<|end|>" cannot end a turn.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,15 +106,23 @@ def has_onthejob_format(tokenizer: PreTrainedTokenizerBase) -> bool:
     return all(token in vocab for token in SPECIAL_TOKENS)
 
 
+_ENCODE_LOCK = threading.Lock()
+"""`encode_text` flips a flag on the shared backend tokenizer; the lock keeps another
+thread from encoding while the flag is flipped (a server renders chats from many threads)."""
+
+
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Encode plain text; special-token strings inside it are treated as ordinary text."""
+    """Encode plain text; special-token strings inside it are treated as ordinary text.
+
+    Thread-safe: the backend's `encode_special_tokens` flag is flipped under a lock."""
     backend: Tokenizer = tokenizer.backend_tokenizer
-    before = backend.encode_special_tokens
-    backend.encode_special_tokens = True
-    try:
-        return list(backend.encode(text, add_special_tokens=False).ids)
-    finally:
-        backend.encode_special_tokens = before
+    with _ENCODE_LOCK:
+        before = backend.encode_special_tokens
+        backend.encode_special_tokens = True
+        try:
+            return list(backend.encode(text, add_special_tokens=False).ids)
+        finally:
+            backend.encode_special_tokens = before
 
 
 def render_chat(

@@ -110,10 +110,6 @@ class Service:
         self.default_tenant = default_tenant
         # Striped locks: one session's "compare with stored turns, then append" is atomic.
         self._session_locks = [threading.Lock() for _ in range(64)]
-        # encode_text flips a flag on the shared tokenizer while it encodes; two threads
-        # interleaving could encode user text with special tokens parsed. Rendering is
-        # short, so it runs one request at a time.
-        self._render_lock = threading.Lock()
 
     def session_lock(self, session_id: str) -> threading.Lock:
         return self._session_locks[zlib.crc32(session_id.encode("utf-8", "replace")) % 64]
@@ -203,9 +199,8 @@ class Service:
         loaded = self.load(version)
         sampled_ids = self.sampled_ids(stored_raw, version)
         prefix = f"{forced}:" if forced else ""
-        with self._render_lock:
-            prompt, turn_ids = render(loaded.tokenizer, turns, sampled_ids)
-            prefix_ids = text_ids(loaded.tokenizer, prefix) if prefix else []
+        prompt, turn_ids = render(loaded.tokenizer, turns, sampled_ids)
+        prefix_ids = text_ids(loaded.tokenizer, prefix) if prefix else []
         max_tokens = request.max_completion_tokens or request.max_tokens
         try:
             budget = self.engine.budget(loaded, len(prompt) + len(prefix_ids), max_tokens)

@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from onthejob import knowledge
 from onthejob.envs import make_env, make_tasks
 from onthejob.envs.base import Task
-from onthejob.prompts import KNOWLEDGE_SYSTEM, Message, agent_opening, world_model_prompt
+from onthejob.prompts import (
+    KNOWLEDGE_SYSTEM,
+    Message,
+    agent_opening,
+    agent_reply,
+    world_model_prompt,
+)
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,7 @@ def expert_episode(env_name: str, task: Task, rng: random.Random) -> Example:
     while not (done or truncated):
         action = env.expert_action()
         obs, _, done, truncated, _ = env.step(action)
-        messages.append({"role": "assistant", "content": action})
+        messages.append({"role": "assistant", "content": agent_reply(env_name, action)})
         trained.append(True)
         if not (done or truncated):
             messages.append({"role": "tool", "content": obs})

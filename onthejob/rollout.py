@@ -3,7 +3,10 @@
 Covers: running a batch of multi-turn episodes, one env copy per episode, with
 the sampler: the agent's tokens are kept exactly as sampled (never re-tokenized
 text), each observation is appended as a `tool` turn rendered by the one chat
-template, and the result is a `Trajectory` with a loss mask that is 1 on the
+template (tool envs such as `shop` are played through their tool: the agent
+writes "shop: <action>", as it does at work through the server, and a reply that
+is not such a call gets the protocol back as the observation, without an env
+step), and the result is a `Trajectory` with a loss mask that is 1 on the
 agent's sampled tokens only, their sampling log-probs, the reward, and the turn
 boundaries. `run_groups` plays each task G times (G env copies, one sampling
 batch, so the G samples differ) for group-relative RL. The env steps of a turn
@@ -35,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from onthejob.envs import Env, make_env
 from onthejob.envs.base import Task
 from onthejob.models.tokenizer import END, render_chat, token_id
-from onthejob.prompts import agent_opening
+from onthejob.prompts import agent_opening, env_action, not_a_call
 from onthejob.sampling import SamplingConfig, sample
 
 
@@ -143,9 +146,18 @@ def run_episodes(
                     t.logprobs.append(0.0)
                 t.turns.append((start, start + len(ids)))
                 t.messages.append({"role": "assistant", "content": text})
+            # A tool env's reply must call its tool ("shop: search red hat"); a reply that
+            # does not is answered here with the protocol, without stepping the env.
+            actions = [env_action(env_name, text) for text in samples.texts]
+            calls = [(i, a) for i, a in zip(active, actions, strict=True) if a is not None]
             started = time.perf_counter()
-            outcomes = pool.step_all([envs[i] for i in active], samples.texts)
+            stepped = pool.step_all([envs[i] for i, _ in calls], [a for _, a in calls])
             clock["env"] = clock.get("env", 0.0) + time.perf_counter() - started
+            by_row = dict(zip([i for i, _ in calls], stepped, strict=True))
+            outcomes = [
+                by_row[i] if i in by_row else (not_a_call(env_name), 0.0, False, False)
+                for i in active
+            ]
             for i, outcome in zip(active, outcomes, strict=True):
                 t = trajectories[i]
                 if isinstance(outcome, str):  # an env fault ends this episode only

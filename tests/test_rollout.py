@@ -2,16 +2,31 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
+import onthejob.rollout
 from onthejob.envs import make_tasks
 from onthejob.envs.shop import ShopEnv
+from onthejob.models import build_model
 from onthejob.models.tokenizer import END, render_chat
 from onthejob.rollout import StepPool, run_episodes, run_groups
 from onthejob.sampling import SamplingConfig
+from tests.conftest import TINY
 
 SAMPLING = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    """The tiny model with room for a shop chat (its system turn lists the shop tool)."""
+    return build_model(replace(TINY, max_positions=1024), tokenizer, seed=0).eval()
+
+
+def every_reply_is_a_call(monkeypatch):
+    """An untrained model never writes "shop: ..."; these tests need the env stepped."""
+    monkeypatch.setattr(onthejob.rollout, "env_action", lambda env_name, reply: reply)
 
 
 def test_multi_turn_trajectory_masks_only_agent_tokens(tiny_model, tokenizer):
@@ -48,6 +63,7 @@ def test_env_error_ends_only_that_episode(tiny_model, tokenizer, monkeypatch):
         return real_step(self, action)
 
     monkeypatch.setattr(ShopEnv, "step", flaky_step)
+    every_reply_is_a_call(monkeypatch)
     trajectories = run_episodes(tiny_model, tokenizer, "shop", tasks, SAMPLING, max_turns=2, seed=0)
     reasons = [t.end_reason for t in trajectories]
     assert reasons[0] == "env error: RuntimeError: service down"
@@ -95,6 +111,7 @@ def test_a_hung_env_step_times_out_and_ends_only_its_episode(tiny_model, tokeniz
         return real_step(self, action)
 
     monkeypatch.setattr(ShopEnv, "step", slow_step)
+    every_reply_is_a_call(monkeypatch)
     try:
         started = time.monotonic()
         trajectories = run_episodes(

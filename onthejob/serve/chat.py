@@ -46,9 +46,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from onthejob.prompts import TOOLS_HEADER, tool_line
 from onthejob.serve.protocol import ChatMessage, ChatRequest, ToolSpec
 
-TOOLS_HEADER = 'tools (to use one, reply with one line "name: arguments"):'
+__all__ = ["TOOLS_HEADER"]  # re-exported: the listing's header line lives in onthejob.prompts
 
 
 class ChatError(ValueError):
@@ -97,7 +98,7 @@ def tool_listing(tools: Sequence[ToolSpec]) -> str:
         else:
             keys = ", ".join(str(k) for k in tool.function.parameters.get("properties", {}))
             hint = f"arguments: a JSON object with keys {keys}"
-        lines.append(f"{tool.function.name}: {description} ({hint})")
+        lines.append(tool_line(tool.function.name, description, hint))
     return "\n".join(lines)
 
 

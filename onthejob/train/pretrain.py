@@ -35,7 +35,7 @@ from onthejob.curriculum import CurriculumConfig, EpisodePools
 from onthejob.models import TinyConfig, build_model, render_chat, save_model, train_tokenizer
 from onthejob.train.checkpoint import adamw, latest_checkpoint, load_checkpoint, save_checkpoint
 
-CURRICULUM_VERSION = "2"
+CURRICULUM_VERSION = "3"
 
 
 @dataclass(frozen=True)

@@ -82,25 +82,11 @@ import openai
 from onthejob import knowledge
 from onthejob.envs.base import clip
 from onthejob.envs.shop import HELP
-from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM
+from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM, SHOP_TOOL
 from onthejob.world.client import ServiceClient
 from onthejob.world.org import Org, QuestionTask, ServiceTask, User
 from onthejob.world.service import Refused
 from onthejob.world.supplier import week_of
-
-SHOP_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "shop",
-        "description": "act in the supplier shop, one action per call",
-        "parameters": {
-            "type": "object",
-            "properties": {"action": {"type": "string"}},
-            "required": ["action"],
-        },
-    },
-}
-"""The one tool a simulated user's app declares: an action line for the live supplier."""
 
 VAGUE_UP = ("fine.", "ok, thanks.", "good enough.")
 VAGUE_DOWN = ("not great.", "meh.", "could be better.")

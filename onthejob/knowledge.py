@@ -8,6 +8,11 @@ tiny model to read its context; the simulated organisation of later stages
 draws its knowledge from the same generator, so the words the model reads at
 work are words it has seen.
 
+It also reads them back: `parse_statement` turns a document line into its item and
+`parse_question` a question into what it asks about (so consolidation can tell which
+item a user's question or correction is about), and `questions_about` lists every
+question the generator can ask about an item (paraphrases with the same answer).
+
 Not covered: which items an organisation holds or how they change over weeks
 (that is the world's job); scoring (an answer is right when it equals the
 expected answer after `normalize_answer`, see `is_correct`).
@@ -16,6 +21,7 @@ expected answer after `normalize_answer`, see `is_correct`).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 SERVICES = (
@@ -37,6 +43,22 @@ STEPS = (
 ).split("|")
 PREFIXES = "ops fin web net sec dat pay ink hub api dev sys kit box tix".split()
 VERBS = ("deploy", "restart", "release", "migrate")
+
+PROCEDURE_STATEMENTS = (
+    "{s} {verb} steps: {a}, then {b}, then {c}.",
+    "{s} {verb} steps: {a}, {b}, {c}.",
+)
+"""How a document states a procedure's three steps {a}, {b}, {c}."""
+CONVENTION_STATEMENTS = ("{s} tickets are written {p}-number.", "{s} ticket ids start with {p}-.")
+"""How a document states a ticket-id convention with prefix {p}."""
+PROCEDURE_QUESTIONS = (
+    ("what is the first step to {verb} {s}?", "how do i start to {verb} {s}?"),
+    ("what comes after {a} when you {verb} {s}?", "what is the second step to {verb} {s}?"),
+    ("what is the last step to {verb} {s}?", "what comes after {b} when you {verb} {s}?"),
+)
+"""Questions about step 1, 2 and 3 of a procedure ({a} and {b} are its first two steps)."""
+CONVENTION_QUESTIONS = ("write the ticket id for {s} issue {n}.", "ticket id for {s} number {n}?")
+"""Questions whose answer is the ticket id of issue {n} of a subject."""
 
 
 @dataclass(frozen=True)
@@ -173,16 +195,9 @@ def statement(item: Item, rng: random.Random) -> str:
         return template.format(s=item.subject, v=item.value)
     if isinstance(item, Procedure):
         a, b, c = item.steps
-        template = rng.choice(
-            (
-                "{s} {verb} steps: {a}, then {b}, then {c}.",
-                "{s} {verb} steps: {a}, {b}, {c}.",
-            )
-        )
+        template = rng.choice(PROCEDURE_STATEMENTS)
         return template.format(verb=item.verb, s=item.subject, a=a, b=b, c=c)
-    template = rng.choice(
-        ("{s} tickets are written {p}-number.", "{s} ticket ids start with {p}-.")
-    )
+    template = rng.choice(CONVENTION_STATEMENTS)
     return template.format(s=item.subject, p=item.prefix)
 
 
@@ -193,35 +208,35 @@ def question(item: Item, rng: random.Random) -> Question:
         return Question(template.format(s=item.subject), item.value, item)
     if isinstance(item, Procedure):
         which = rng.randrange(3)
-        s, verb = item.subject, item.verb
-        if which == 0:
-            text = rng.choice(
-                (f"what is the first step to {verb} {s}?", f"how do i start to {verb} {s}?")
-            )
-            return Question(text, item.steps[0], item)
-        if which == 1:
-            text = rng.choice(
-                (
-                    f"what comes after {item.steps[0]} when you {verb} {s}?",
-                    f"what is the second step to {verb} {s}?",
-                )
-            )
-            return Question(text, item.steps[1], item)
-        text = rng.choice(
-            (
-                f"what is the last step to {verb} {s}?",
-                f"what comes after {item.steps[1]} when you {verb} {s}?",
-            )
-        )
-        return Question(text, item.steps[2], item)
+        template = rng.choice(PROCEDURE_QUESTIONS[which])
+        return Question(_procedure_question(template, item), item.steps[which], item)
     number = rng.randint(10, 999)
-    text = rng.choice(
-        (
-            f"write the ticket id for {item.subject} issue {number}.",
-            f"ticket id for {item.subject} number {number}?",
-        )
-    )
+    text = rng.choice(CONVENTION_QUESTIONS).format(s=item.subject, n=number)
     return Question(text, f"{item.prefix}-{number}", item)
+
+
+def _procedure_question(template: str, item: Procedure) -> str:
+    return template.format(verb=item.verb, s=item.subject, a=item.steps[0], b=item.steps[1])
+
+
+def questions_about(item: Item, number: int = 100) -> list[Question]:
+    """Every question `question` can ask about the item, in every phrasing; a convention's
+    are about ticket `number`. Questions with the same answer are paraphrases."""
+    if isinstance(item, Fact):
+        return [
+            Question(template.format(s=item.subject), item.value, item)
+            for template in RELATION_BY_NAME[item.relation].questions
+        ]
+    if isinstance(item, Procedure):
+        return [
+            Question(_procedure_question(template, item), item.steps[which], item)
+            for which, templates in enumerate(PROCEDURE_QUESTIONS)
+            for template in templates
+        ]
+    return [
+        Question(template.format(s=item.subject, n=number), f"{item.prefix}-{number}", item)
+        for template in CONVENTION_QUESTIONS
+    ]
 
 
 def document(items: list[Item], rng: random.Random) -> str:
@@ -239,3 +254,115 @@ def normalize_answer(text: str) -> str:
 def is_correct(answer: str, expected: str) -> bool:
     """Whether an answer matches the expected one after normalisation."""
     return normalize_answer(answer) == normalize_answer(expected)
+
+
+# -- reading text back ------------------------------------------------------------------
+
+_WORD = r"[a-z0-9]+"
+
+
+def _alternatives(words: tuple[str, ...] | list[str]) -> str:
+    return "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
+
+
+def _pattern(template: str, fields: dict[str, str]) -> re.Pattern[str]:
+    """A regex matching `template` with each {field} a named group of pattern fields[field]."""
+    parts = re.split(r"\{(\w+)\}", template)  # odd positions are field names
+    return re.compile(
+        "".join(
+            f"(?P<{part}>{fields[part]})" if odd else re.escape(part)
+            for odd, part in ((i % 2 == 1, part) for i, part in enumerate(parts))
+        )
+    )
+
+
+def _value_pattern(relation: Relation) -> str:
+    return r"\d{4}" if relation.values is None else _alternatives(relation.values)
+
+
+_STEP = _alternatives(STEPS)
+_VERB = _alternatives(VERBS)
+_PREFIX = _alternatives(PREFIXES)
+_STATEMENT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    *(
+        (relation.name, _pattern(template, {"s": _WORD, "v": _value_pattern(relation)}))
+        for relation in RELATIONS
+        for template in relation.statements
+    ),
+    *(
+        ("procedure", _pattern(t, {"s": _WORD, "verb": _VERB, "a": _STEP, "b": _STEP, "c": _STEP}))
+        for t in PROCEDURE_STATEMENTS
+    ),
+    *(("convention", _pattern(t, {"s": _WORD, "p": _PREFIX})) for t in CONVENTION_STATEMENTS),
+]
+_QUESTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    *(
+        (relation.name, _pattern(template, {"s": _WORD}))
+        for relation in RELATIONS
+        for template in relation.questions
+    ),
+    *(
+        ("procedure", _pattern(t, {"s": _WORD, "verb": _VERB, "a": _STEP, "b": _STEP}))
+        for templates in PROCEDURE_QUESTIONS
+        for t in templates
+    ),
+    *(("convention", _pattern(t, {"s": _WORD, "n": r"\d+"})) for t in CONVENTION_QUESTIONS),
+]
+
+
+def parse_statement(line: str) -> Item | None:
+    """The item a sentence written by `statement` states, or None if the line is not one."""
+    text = line.strip().lower()
+    for kind, pattern in _STATEMENT_PATTERNS:
+        match = pattern.fullmatch(text)
+        if match is None:
+            continue
+        if kind == "procedure":
+            steps = (match["a"], match["b"], match["c"])
+            if len(set(steps)) == 3:
+                return Procedure(match["s"], match["verb"], steps)
+        elif kind == "convention":
+            return Convention(match["s"], match["p"])
+        else:
+            return Fact(match["s"], kind, match["v"])
+    return None
+
+
+@dataclass(frozen=True)
+class QuestionForm:
+    """What a question asks, read back from its text (the item's value is not in it)."""
+
+    subject: str
+    """The subject asked about, e.g. "billing"."""
+    topic: str
+    """A fact's relation, a procedure's verb, or "ticket" for a convention."""
+    number: int | None = None
+    """Convention questions: the ticket number asked for."""
+
+
+def parse_question(text: str) -> QuestionForm | None:
+    """What a question written by `question` asks about, or None if it is not one."""
+    text = text.strip().lower()
+    for kind, pattern in _QUESTION_PATTERNS:
+        match = pattern.fullmatch(text)
+        if match is None:
+            continue
+        if kind == "procedure":
+            return QuestionForm(match["s"], match["verb"])
+        if kind == "convention":
+            return QuestionForm(match["s"], "ticket", int(match["n"]))
+        return QuestionForm(match["s"], kind)
+    return None
+
+
+def answer_to(text: str, item: Item) -> str | None:
+    """The answer to question `text` according to `item`; None if it asks about something else
+    (another item, or a step after one the procedure does not have)."""
+    form = parse_question(text)
+    if form is None:
+        return None
+    wanted = text.strip().lower()
+    for asked in questions_about(item, form.number if form.number is not None else 100):
+        if asked.text == wanted:
+            return asked.answer
+    return None

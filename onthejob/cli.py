@@ -211,11 +211,12 @@ def cmd_env_serve(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from onthejob.registry import Registry, RegistryError, default_registry_path
-    from onthejob.serve.app import ServeConfig, bind, create_app, serve
+    from onthejob.serve.app import ServeConfig, create_app, serve
     from onthejob.serve.engine import EngineConfig
     from onthejob.serve.protocol import ApiError
     from onthejob.store import StoreError, default_store_path
     from onthejob.train.pretrain import default_model_dir
+    from onthejob.web import bind
 
     store_path = Path(args.store) if args.store else default_store_path()
     registry_path = Path(args.registry) if args.registry else default_registry_path()

@@ -20,9 +20,7 @@ its calls serialized by a lock; run more servers for more envs), or TLS. Bind on
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from onthejob.envs.base import Env, NotSupported, Task
+from onthejob.web import app_in_thread
 
 
 class ResetRequest(BaseModel):
@@ -164,34 +163,9 @@ def main(argv: list[str] | None = None) -> None:
 
 @contextmanager
 def serve_in_thread(env: Env, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve `env` from a background thread; yields the base URL; stops the server on exit.
-
-    port=0 takes a free port: the socket is bound here and handed to uvicorn, so no other
-    process can take the port in between.
-    """
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
-    # TCP, and without it every response waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(make_app(env), log_level="warning", lifespan="off"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="env-http"
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the env server on {host}:{sock.getsockname()[1]} did not start"
-                )
-            time.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    """Serve `env` from a background thread; yields the base URL; stops the server on exit."""
+    with app_in_thread(make_app(env), host, port, name="env-http") as url:
+        yield url
 
 
 class HTTPEnv:

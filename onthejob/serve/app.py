@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -89,6 +88,7 @@ from onthejob.serve.protocol import (
     error_body,
 )
 from onthejob.store import Session, Store, StoreError, Turn
+from onthejob.web import app_in_thread
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_TENANT = "default"
@@ -427,16 +427,6 @@ def create_app(
 # -- running it ------------------------------------------------------------------------
 
 
-def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening-ready TCP socket (port 0: a free one, held so nobody takes it)."""
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
-    # without it every small response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def serve(app: FastAPI, sock: socket.socket) -> None:
     """Serve `app` on a bound socket until interrupted (blocking)."""
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
@@ -446,23 +436,10 @@ def serve(app: FastAPI, sock: socket.socket) -> None:
 @contextmanager
 def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve `app` from a background thread; yields the base URL; stops it on exit."""
-    sock = bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="serve-http"
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server on {host}:{sock.getsockname()[1]} did not start")
-            time.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with app_in_thread(
+        app, host, port, name="serve-http", lifespan="auto", start_timeout=30
+    ) as url:
+        yield url
 
 
-__all__ = ["ServeConfig", "bind", "create_app", "serve", "serve_in_thread"]
+__all__ = ["ServeConfig", "create_app", "serve", "serve_in_thread"]

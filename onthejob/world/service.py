@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sqlite3
 import threading
 import time
@@ -74,6 +73,7 @@ from onthejob.envs.shop import (
     results_page,
     search_words,
 )
+from onthejob.web import app_in_thread, bind
 from onthejob.world.supplier import (
     SupplierConfig,
     layout_of_week,
@@ -851,34 +851,11 @@ def make_app(shop: LiveShop) -> FastAPI:
     return app
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    # IPPROTO_TCP so that asyncio sets TCP_NODELAY (see onthejob.envs.http.serve_in_thread)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
 @contextmanager
 def serve_in_thread(shop: LiveShop, port: int = 0) -> Iterator[str]:
     """Serve `shop` on 127.0.0.1 from a background thread; yields the base URL."""
-    sock = _bind("127.0.0.1", port)
-    server = uvicorn.Server(uvicorn.Config(make_app(shop), log_level="warning", lifespan="off"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="live-shop"
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the live shop on port {sock.getsockname()[1]} did not start")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with app_in_thread(make_app(shop), "127.0.0.1", port, name="live-shop") as url:
+        yield url
 
 
 def _settings(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -925,7 +902,7 @@ def main(argv: list[str] | None = None) -> None:
         shop = LiveShop(args.db, args.seed, supplier, config, store)
     except (ValueError, TypeError, OSError, sqlite3.Error) as error:
         raise SystemExit(f"live shop: {error}") from None
-    sock = _bind("127.0.0.1", args.port)
+    sock = bind("127.0.0.1", args.port)
     print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(uvicorn.Config(make_app(shop), log_level="warning", lifespan="off"))
     try:

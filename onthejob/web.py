@@ -1,0 +1,67 @@
+"""Running a FastAPI app on 127.0.0.1: the one place that binds a socket and starts uvicorn.
+
+Covers: `bind` (a TCP socket bound before uvicorn gets it, so port 0 takes a free port
+that no other process can grab in between) and `app_in_thread` (serve an app from a
+background thread for tests and in-process use; yields the base URL, stops on exit).
+The environment adapter (`onthejob.envs.http`), the chat server (`onthejob.serve`) and
+the live shop (`onthejob.world.service`) all run through here.
+
+Not covered: the apps themselves, and serving in the foreground of a process (each
+command calls `uvicorn.Server.run` with a socket from `bind`).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import uvicorn
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to (host, port); port 0 takes a free port and holds it."""
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
+    # TCP, and without it every small response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+@contextmanager
+def app_in_thread(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    name: str = "http",
+    lifespan: Literal["auto", "on", "off"] = "off",
+    start_timeout: float = 10.0,
+) -> Iterator[str]:
+    """Serve `app` from a daemon thread; yields "http://host:port"; stops the server on exit.
+
+    A server that has not started within `start_timeout` seconds (or whose thread died)
+    is a RuntimeError naming `name` and the address.
+    """
+    sock = bind(host, port)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=name)
+    thread.start()
+    address = f"{host}:{sock.getsockname()[1]}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the {name} server on {address} did not start")
+            time.sleep(0.01)
+        yield f"http://{address}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout)
+        sock.close()

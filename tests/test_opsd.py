@@ -237,6 +237,15 @@ def test_entry_clip_needs_a_full_vocabulary_divergence():
 # ---------------------------------------------------------------------------- logits and teachers
 
 
+def _hf_logits_at_completions(model, prompts, completions):
+    expected = []
+    for prompt, group in zip(prompts, completions, strict=True):
+        for c in group:
+            logits = model(input_ids=torch.tensor([prompt + c])).logits[0]
+            expected.append(logits[len(prompt) - 1 : len(prompt) - 1 + len(c)])
+    return torch.cat(expected)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_completion_logits_are_the_hf_forwards_logits_at_the_sampled_positions(
     tokenizer, tiny_model, monkeypatch, shared
@@ -247,13 +256,27 @@ def test_completion_logits_are_the_hf_forwards_logits_at_the_sampled_positions(
     completions = [[[11, 12, 13], [14]], [[15, 16]]]
     with torch.no_grad():
         got = completion_logits(tiny_model, prompts, completions, pad_id=0)
-        expected = []
-        for prompt, group in zip(prompts, completions, strict=True):
-            for c in group:
-                logits = tiny_model(input_ids=torch.tensor([prompt + c])).logits[0]
-                expected.append(logits[len(prompt) - 1 : len(prompt) - 1 + len(c)])
+        expected = _hf_logits_at_completions(tiny_model, prompts, completions)
     assert got.shape == (6, len(tokenizer))
-    torch.testing.assert_close(got, torch.cat(expected), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_completion_logits_of_an_adapter_switched_off_are_the_bases(tokenizer):
+    base = build_model(TINY, tokenizer, seed=0).eval()
+    original = copy.deepcopy(base)
+    model = add_lora(base, LoraSettings(rank=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # an adapter that changes the logits
+    prompts, completions = [[5, 6, 7, 8]], [[[11, 12, 13], [14]]]
+    with torch.no_grad():
+        on = completion_logits(model, prompts, completions, pad_id=0)
+        with adapter_disabled(model) as off:
+            got = completion_logits(off, prompts, completions, pad_id=0)
+        expected = _hf_logits_at_completions(original, prompts, completions)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(on, expected, atol=1e-2)
 
 
 def _sharp_model(tokenizer):

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
@@ -303,9 +304,7 @@ def generalized_jsd(
         return reverse_kl(student_logits, teacher_logits, entry_clip)
     log_s = torch.log_softmax(student_logits.float(), dim=-1)
     log_t = torch.log_softmax(teacher_logits.float(), dim=-1)
-    log_m = torch.logaddexp(
-        log_t + torch.log(torch.tensor(beta)), log_s + torch.log1p(torch.tensor(-beta))
-    )
+    log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta))
     terms = beta * log_t.exp() * (log_t - log_m) + (1 - beta) * log_s.exp() * (log_s - log_m)
     return _entries(terms, entry_clip)
 

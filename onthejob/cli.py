@@ -8,6 +8,7 @@
     onthejob serve       the OpenAI-compatible chat API, sessions, feedback and web UI
     onthejob feedback    give a running server a thumb and/or a note on a session
     onthejob work        a week of simulated users at an org, through the real server
+    onthejob sleep       consolidate a tenant's experience into a candidate version, gated
 
 Each subcommand is a thin shell over a library function; flags map to the
 fields of that stage's config dataclass.
@@ -16,6 +17,7 @@ fields of that stage's config dataclass.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -433,6 +435,125 @@ def _tasks_done(sessions: list) -> str:
     return f"{sum(t.success for t in tasks)}/{len(tasks)} tasks done"
 
 
+def cmd_sleep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from onthejob.registry import Registry, RegistryError, default_registry_path
+    from onthejob.sleep import PlanConfig, SelectionPolicy, SleepConfig, SleepError, sleep
+    from onthejob.store import Store, StoreError, default_store_path
+    from onthejob.train.grpo import ConfigError
+    from onthejob.world import make_org
+
+    tenant = args.tenant if args.tenant else make_org(args.org).tenant
+    store_path = Path(args.store) if args.store else default_store_path()
+    if not store_path.is_file():
+        print(
+            f"onthejob sleep: no experience store at {store_path}; run `onthejob work` first",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        policy = SelectionPolicy(
+            tenant=tenant,
+            thumbs=args.thumbs,
+            require_evaluation=args.require_evaluation,
+            since=_when(args.since, "--since"),
+            until=_when(args.until, "--until"),
+            users=tuple(u.strip() for u in (args.users or "").split(",") if u.strip()),
+        )
+        base = SleepConfig()
+        train = {"seed": args.seed}
+        if args.steps is not None:
+            train["steps"] = args.steps
+        if args.tokens is not None:
+            train["token_budget"] = args.tokens
+        if args.lr is not None:
+            train["lr"] = args.lr
+        config = SleepConfig(
+            method=args.method,
+            plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
+            opsd=replace(base.opsd, **train),
+            sft=replace(base.sft, **train),
+            gate=replace(base.gate, tolerance=args.tolerance),
+            guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
+            guard_n=args.guard_n,
+            promote=not args.no_promote,
+            device=args.device,
+        )
+    except ConfigError as e:  # a trainer's field: name its flag
+        flag = {"token_budget": "tokens"}.get(e.field, e.field).replace("_", "-")
+        print(f"onthejob sleep: --{flag} {e.problem}", file=sys.stderr)
+        return 2
+    except (SleepError, ValueError) as e:
+        print(f"onthejob sleep: {e}", file=sys.stderr)
+        return 2
+    console = Console()
+    started = time.time()
+    try:
+        with Store(store_path) as store:
+            result = sleep(
+                store,
+                Registry(Path(args.registry) if args.registry else default_registry_path()),
+                policy,
+                config,
+                run_dir=Path(args.run_dir) if args.run_dir else None,
+                model_dir=Path(args.model) if args.model else None,
+                show_progress=not args.quiet,
+                log=lambda line: console.print(f"[dim]{line}[/dim]") if not args.quiet else None,
+            )
+    except (SleepError, StoreError, RegistryError) as e:
+        print(f"onthejob sleep: {e}", file=sys.stderr)
+        return 2
+    plan = result.plan
+    table = Table(
+        title=f"sleep of {tenant}: {result.method} on {result.sessions} sessions"
+        f" ({len(plan.probes)} probes, {len(plan.targets)} held-out targets)"
+    )
+    for column in ("measure", "parent", "candidate", "change"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row(
+        "recall, no context",
+        f"{result.recall_before:.3f}",
+        f"{result.recall_after:.3f}",
+        f"{result.recall_after - result.recall_before:+.3f}",
+    )
+    table.add_row("teacher: the parent with the context", f"{result.teacher_accuracy:.3f}", "", "")
+    for name, before in result.guard_before.items():
+        after = result.guard_after[name]
+        table.add_row(f"guard: {name}", f"{before:.3f}", f"{after:.3f}", f"{after - before:+.3f}")
+    console.print(table)
+    version = result.version
+    if result.train:
+        print(
+            f"trained {result.train['steps']} steps on {result.train['tokens']} tokens in"
+            f" {result.train['seconds']:.0f}s"
+        )
+    verdict = {"promoted": "promoted", "rejected": "rejected"}.get(version.status, "kept")
+    print(
+        f"{verdict} {version.id} (parent {result.parent.id}, status {version.status}):"
+        f" {result.decision.reason}"
+    )
+    print(f"run {result.run_dir} (plan.json, sleep.json); {time.time() - started:.0f}s")
+    return 0
+
+
+def _when(text: str | None, flag: str) -> float | None:
+    """A time flag: seconds since the epoch, or an ISO date or date-time (local time)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"{flag} takes seconds since the epoch or an ISO date (2025-01-31T09:00), got {text!r}"
+        ) from None
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import getpass
 
@@ -624,6 +745,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_work)
+
+    p = sub.add_parser("sleep", help="consolidate a tenant's experience into a candidate, gated")
+    _one_line_errors(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--tenant", help="the tenant whose sessions train its own adapter")
+    who.add_argument("--org", type=int, help="seed of a simulated org: its tenant")
+    p.add_argument(
+        "--method",
+        choices=("opsd", "sft_transcript", "sft_teacher", "none"),
+        default="opsd",
+        help="how to update (none: context only)",
+    )
+    p.add_argument(
+        "--thumbs", choices=("up", "down", "any"), default="up", help="sessions by latest thumb"
+    )
+    p.add_argument(
+        "--require-evaluation", action="store_true", help="only sessions with a written note"
+    )
+    p.add_argument("--since", help="only sessions started at or after (epoch seconds or ISO date)")
+    p.add_argument("--until", help="only sessions started before (epoch seconds or ISO date)")
+    p.add_argument("--users", help="only these users' sessions (comma-separated)")
+    p.add_argument(
+        "--hindsight", action="store_true", help="the teacher also reads the users' evaluations"
+    )
+    p.add_argument(
+        "--context",
+        choices=("document", "all"),
+        default="document",
+        help="teacher context: the document holding the item, or every note",
+    )
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--tokens", type=int, help="token budget: stop once this many are trained on")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of probes, sampling and adapter")
+    p.add_argument(
+        "--guard-envs", default="arith,program,shop", help="grindable envs of the guard suite"
+    )
+    p.add_argument("--guard-n", type=int, default=100, help="held-out tasks per guard env")
+    p.add_argument(
+        "--tolerance", type=float, default=0.02, help="most a guard score may fall (0.02: 2 points)"
+    )
+    p.add_argument("--no-promote", action="store_true", help="leave a passing candidate unpromoted")
+    p.add_argument("--store", help="experience store file (default: in the cache)")
+    p.add_argument("--registry", help="model registry file (default: in the cache)")
+    p.add_argument(
+        "--model", help="base model of a tenant with no promoted version (default: pretrained)"
+    )
+    p.add_argument("--run-dir", help="plan, metrics and the candidate (default: in the cache)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1...")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_sleep)
 
     p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")
     _one_line_errors(p)

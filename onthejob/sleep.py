@@ -60,11 +60,11 @@ Design decisions:
 - The teacher context is per item by default, not the whole week: the default model reads
   documents of the size the users paste (8 items) far better than a concatenation of all
   of them, and OPSD is only as good as its teacher.
-- The candidate is a LoRA adapter on the parent's base model. A parent that is itself an
-  adapter is merged into its base first and the merged weights saved beside the
-  candidate's adapter, so the fixed teacher (the base with the adapter disabled) is the
-  parent and not the original base; this costs one copy of the weights per consolidated
-  generation, which is small at the default's size.
+- The candidate is a LoRA adapter on the parent's base model: a fresh one when the parent
+  is a base model, else the parent's adapter trained further (the trainers' "fixed"
+  teacher is then the parent's weights as they started, not the bare base), so each
+  tenant's lineage is one adapter over one base. The parent's evaluations are measured
+  again in every sleep rather than read from the registry: the targets are this sleep's.
 - "none" registers the parent's weights again as a candidate (method "none") with its
   evaluations: the baseline is in the registry like every other method, and the gate
   rejects it (no recall gain) unless an operator promotes it.
@@ -78,14 +78,27 @@ the tenant-scoped adapters are not part of either method.
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
 
 from onthejob import knowledge
+from onthejob.evals import answer_all, env_success
 from onthejob.knowledge import Item
+from onthejob.models import load_adapter, load_model
 from onthejob.prompts import KNOWLEDGE_SYSTEM, TOOLS_HEADER
+from onthejob.registry import ModelVersion, Registry
 from onthejob.store import Feedback, Session, Store, Turn
+from onthejob.train.opsd import OPSDConfig, Probe, distill, teacher_messages
+from onthejob.train.pretrain import default_model_dir, onthejob_home
+from onthejob.train.sft import SFTConfig, sft, teacher_sample_examples, transcript_examples
 from onthejob.world.org import Key, item_key
 
 THUMBS = ("up", "down", "any")
@@ -593,3 +606,374 @@ def decide(
             False, f"guard fell beyond {config.tolerance:.3f}: {'; '.join(drops)} ({recall})"
         )
     return Decision(True, f"{recall}; guard within {config.tolerance:.3f}")
+
+
+# -- evaluation -------------------------------------------------------------------------
+
+
+def no_context_recall(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[SleepQuestion],
+    max_new_tokens: int = 16,
+) -> float:
+    """Share of the questions (those with an answer) answered right with no context, greedy."""
+    judged = [q for q in questions if q.answer is not None]
+    if not judged:
+        raise SleepError("no question with a known answer to measure recall on")
+    replies = answer_all(
+        model, tokenizer, [list(q.student_messages) for q in judged], max_new_tokens
+    )
+    return _share_right(replies, judged)
+
+
+def with_context_accuracy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[SleepQuestion],
+    max_new_tokens: int = 16,
+) -> float:
+    """Share of the questions answered right with their teacher context, as the teacher
+    reads it (`opsd.teacher_messages`), greedy."""
+    judged = [q for q in questions if q.answer is not None]
+    if not judged:
+        raise SleepError("no question with a known answer to measure accuracy on")
+    chats = [teacher_messages(probe_of(q)) for q in judged]
+    return _share_right(answer_all(model, tokenizer, chats, max_new_tokens), judged)
+
+
+def _share_right(replies: Sequence[str], questions: Sequence[SleepQuestion]) -> float:
+    right = [
+        knowledge.is_correct(reply, str(q.answer))
+        for reply, q in zip(replies, questions, strict=True)
+    ]
+    return sum(right) / len(right)
+
+
+def probe_of(question: SleepQuestion) -> Probe:
+    """The OPSD probe of a question: its no-context chat, its teacher context, its answer."""
+    return Probe(question.student_messages, question.context, question.answer)
+
+
+EARLIER = "earlier knowledge"
+"""Name of the guard score on knowledge earlier sleeps of the lineage consolidated."""
+
+
+def guard_suite(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    envs: Sequence[str],
+    n: int,
+    difficulty: int,
+    earlier: Sequence[SleepQuestion] = (),
+) -> dict[str, float]:
+    """Greedy success on up to n held-out tasks of each env ("<env> success"), and
+    no-context recall of the earlier knowledge when there is some."""
+    scores = {
+        f"{env} success": env_success(model, tokenizer, env, n=n, difficulty=difficulty)[0]
+        for env in envs
+    }
+    if earlier:
+        scores[EARLIER] = no_context_recall(model, tokenizer, earlier)
+    return scores
+
+
+def earlier_knowledge(registry: Registry, parent: ModelVersion, plan: Plan) -> list[SleepQuestion]:
+    """The targets earlier sleeps of the parent's lineage recorded, minus questions about items
+    this plan knows a version of (it judges those itself, with their newest answers)."""
+    questions: dict[str, SleepQuestion] = {}
+    version: ModelVersion | None = parent
+    while version is not None:
+        for text, answer in version.config.get("targets", []):
+            key = _key_of_question(text)
+            if text not in questions and key not in plan.knowledge:
+                questions[text] = SleepQuestion(text, answer, "", "earlier")
+        version = registry.get(version.parent) if version.parent else None
+    return list(questions.values())
+
+
+# -- one sleep --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SleepConfig:
+    """One sleep: how it trains, how it is judged, and whether it may promote."""
+
+    method: str = "opsd"
+    """One of METHODS."""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """How probes, targets and teacher contexts are built."""
+    opsd: OPSDConfig = field(default_factory=OPSDConfig)
+    """The OPSD run (method "opsd")."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """The SFT run (methods "sft_transcript" and "sft_teacher")."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """When the candidate is promoted."""
+    guard_envs: tuple[str, ...] = ("arith", "program", "shop")
+    """Grindable envs whose held-out success the guard suite measures."""
+    guard_n: int = 100
+    """Held-out tasks per guard env (one task is 1 / guard_n of a score)."""
+    guard_difficulty: int = 1
+    """Level of the guard envs' tasks."""
+    promote: bool = True
+    """Promote a candidate the gate passes (False: leave it a candidate; failures are
+    rejected either way)."""
+    device: str = "cpu"
+    """Where the model runs: cpu, cuda, cuda:1..."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SleepError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.guard_n < 1:
+            raise SleepError(f"guard_n must be at least 1, got {self.guard_n}")
+
+
+@dataclass
+class SleepResult:
+    """What one sleep did and measured."""
+
+    tenant: str
+    method: str
+    parent: ModelVersion
+    """The version it started from (the tenant's promoted one)."""
+    version: ModelVersion
+    """The candidate as registered, with its final status."""
+    decision: Decision
+    """The gate's verdict (a candidate left unpromoted by `promote=False` keeps it too)."""
+    sessions: int
+    """Sessions selected."""
+    plan: Plan
+    recall_before: float
+    """No-context recall of the targets by the parent."""
+    recall_after: float
+    """No-context recall of the targets by the candidate."""
+    teacher_accuracy: float
+    """The parent's accuracy on the targets with their teacher contexts (context only)."""
+    guard_before: dict[str, float]
+    guard_after: dict[str, float]
+    train: dict[str, Any]
+    """Steps, tokens and seconds of the training run (empty for "none")."""
+    run_dir: Path
+
+
+def sleep(
+    store: Store,
+    registry: Registry,
+    policy: SelectionPolicy,
+    config: SleepConfig | None = None,
+    run_dir: Path | None = None,
+    model_dir: Path | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = lambda line: None,
+) -> SleepResult:
+    """Select, plan, train, judge and register one candidate for `policy.tenant`.
+
+    The parent is the tenant's promoted version; a tenant without one starts from
+    `model_dir` (default: the cached pretrained model), registered and promoted as its
+    base version, as `onthejob serve` does.
+    """
+    config = config or SleepConfig()
+    tenant = policy.tenant
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = run_dir or onthejob_home() / "runs" / f"sleep-{tenant}-{config.method}-{stamp}"
+    selected = select_sessions(store, policy)
+    if not selected:
+        raise SleepError(
+            f"no session of tenant {tenant!r} matches the selection (thumbs {policy.thumbs}"
+            f"{', with an evaluation' if policy.require_evaluation else ''}); run"
+            " `onthejob work` first or widen it (--thumbs any)"
+        )
+    experience = read_experience(selected)
+    plan = plan_sleep(experience, config.plan)
+    if not plan.targets:
+        raise SleepError(
+            f"nothing to consolidate: the {len(selected)} selected sessions hold no pasted"
+            " document or correction that can be read back into knowledge"
+        )
+    if not plan.probes and config.method in ("opsd", "sft_teacher"):
+        raise SleepError("no probe to practise on: enable self-study or select more sessions")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_plan(run_dir / "plan.json", selected, plan)
+    log(
+        f"{len(selected)} sessions: {len(experience.documents)} documents pasted,"
+        f" {sum(n.source == 'correction' for n in experience.notes)} corrections,"
+        f" {len(plan.knowledge)} items; {len(plan.probes)} probes, {len(plan.targets)} targets"
+    )
+
+    parent = _parent(registry, tenant, model_dir)
+    model, tokenizer = load_version(parent, config.device, trainable=True)
+    earlier = earlier_knowledge(registry, parent, plan)
+    log(f"evaluating the parent {parent.id}")
+    recall_before = no_context_recall(model, tokenizer, plan.targets)
+    teacher_accuracy = with_context_accuracy(model, tokenizer, plan.targets)
+    guard = (config.guard_envs, config.guard_n, config.guard_difficulty)
+    guard_before = guard_suite(model, tokenizer, *guard, earlier=earlier)
+
+    log(f"training: {config.method}")
+    trained, base, adapter, train = _train(
+        config, model, tokenizer, parent, selected, plan, run_dir, show_progress
+    )
+    if config.method == "none":
+        recall_after, guard_after = recall_before, dict(guard_before)
+    else:
+        log("evaluating the candidate")
+        recall_after = no_context_recall(trained, tokenizer, plan.targets)
+        guard_after = guard_suite(trained, tokenizer, *guard, earlier=earlier)
+
+    decision = decide(recall_before, recall_after, guard_before, guard_after, config.gate)
+    evals = {
+        "recall_before": recall_before,
+        "recall": recall_after,
+        "teacher_with_context": teacher_accuracy,
+        "guard_before": guard_before,
+        "guard": guard_after,
+        "targets": len(plan.targets),
+        "tokens": train.get("tokens", 0),
+        "gate": "promote" if decision.promote else "reject",
+    }
+    record = {
+        "method": config.method,
+        "selection": asdict(policy),
+        "sessions": len(selected),
+        "plan": asdict(config.plan),
+        "probes": {kind: plan.count(kind) for kind in ("question", "variation", "self_study")},
+        **({"opsd": asdict(config.opsd)} if config.method == "opsd" else {}),
+        **({"sft": asdict(config.sft)} if config.method.startswith("sft") else {}),
+        "gate": asdict(config.gate),
+        "guard": {"envs": list(config.guard_envs), "n": config.guard_n, "earlier": len(earlier)},
+        "train": train,
+        "run_dir": str(run_dir),
+        "targets": [[q.text, q.answer] for q in plan.targets],
+    }
+    actor = "onthejob sleep"
+    version = registry.register(
+        tenant, base, adapter, config.method, record, parent.id, evals, actor=actor
+    )
+    if not decision.promote:
+        version = registry.reject(version.id, decision.reason, actor=actor)
+    elif config.promote:
+        version = registry.promote(version.id, decision.reason, actor=actor)
+    result = SleepResult(
+        tenant=tenant,
+        method=config.method,
+        parent=parent,
+        version=version,
+        decision=decision,
+        sessions=len(selected),
+        plan=plan,
+        recall_before=recall_before,
+        recall_after=recall_after,
+        teacher_accuracy=teacher_accuracy,
+        guard_before=guard_before,
+        guard_after=guard_after,
+        train=train,
+        run_dir=run_dir,
+    )
+    report = {**evals, "version": version.id, "status": version.status, "reason": decision.reason}
+    (run_dir / "sleep.json").write_text(json.dumps({**record, "evals": report}, indent=2))
+    return result
+
+
+def load_version(
+    version: ModelVersion, device: str = "cpu", trainable: bool = False
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """A registered version's model (its base, with its adapter if it has one) and tokenizer."""
+    model, tokenizer = load_model(version.base, device=device)
+    if version.adapter is None:
+        return model, tokenizer
+    return load_adapter(model, version.adapter, trainable=trainable), tokenizer
+
+
+def _parent(registry: Registry, tenant: str, model_dir: Path | None) -> ModelVersion:
+    """The tenant's promoted version; without one, `model_dir` registered and promoted."""
+    parent = registry.promoted(tenant)
+    if parent is not None:
+        return parent
+    model_dir = model_dir or default_model_dir()
+    if not model_dir.is_dir():
+        raise SleepError(
+            f"tenant {tenant!r} has no promoted version and there is no model at {model_dir};"
+            " run `onthejob pretrain` first (or pass --model DIR)"
+        )
+    actor = "onthejob sleep"
+    version = registry.register(tenant, model_dir, method="base", actor=actor)
+    return registry.promote(version.id, reason="the base of the first sleep", actor=actor)
+
+
+def _train(
+    config: SleepConfig,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    parent: ModelVersion,
+    selected: Sequence[SelectedSession],
+    plan: Plan,
+    run_dir: Path,
+    show_progress: bool,
+) -> tuple[torch.nn.Module, str, str | None, dict[str, Any]]:
+    """(trained model, base dir, adapter dir or None, steps/tokens/seconds) of the method."""
+    if config.method == "none":
+        return model, parent.base, parent.adapter, {}
+    out_dir = run_dir / "candidate"
+    if config.method == "opsd":
+        probes = [probe_of(q) for q in plan.probes]
+        result = distill(
+            model,
+            tokenizer,
+            probes,
+            config.opsd,
+            out_dir=out_dir,
+            run_dir=run_dir / "train",
+            show_progress=show_progress,
+        )
+        lora = config.opsd.lora or parent.adapter is not None
+        trained, steps, tokens, seconds = result.model, result.steps, result.tokens, result.seconds
+    else:
+        if config.method == "sft_transcript":
+            examples = transcript_examples(
+                [[_message(t) for t in s.turns] for s in selected if not uses_tools(s.turns)]
+            )
+        else:  # the teacher is the parent: under an adapter, a merged copy of it
+            teacher = model
+            if parent.adapter is not None:
+                merged, _ = load_version(parent, config.device, trainable=False)
+                teacher = merged.merge_and_unload()  # type: ignore[operator]
+            examples = teacher_sample_examples(
+                teacher, tokenizer, [probe_of(q) for q in plan.probes]
+            )
+        if not examples:
+            raise SleepError(f"{config.method}: the selected sessions give no example to train on")
+        sft_result = sft(
+            model,
+            tokenizer,
+            examples,
+            config.sft,
+            out_dir=out_dir,
+            run_dir=run_dir / "train",
+            show_progress=show_progress,
+        )
+        lora = config.sft.lora or parent.adapter is not None
+        trained, steps = sft_result.model, sft_result.steps
+        tokens, seconds = sft_result.tokens, sft_result.seconds
+    train = {"steps": steps, "tokens": tokens, "seconds": round(seconds, 1)}
+    if lora:
+        return trained, parent.base, str(out_dir), train
+    return trained, str(out_dir), None, train
+
+
+def _message(turn: Turn) -> dict[str, str]:
+    return {"role": turn.role, "content": turn.content}
+
+
+def _write_plan(path: Path, selected: Sequence[SelectedSession], plan: Plan) -> None:
+    """The sessions, probes and targets of a sleep, for reading after the run."""
+    path.write_text(
+        json.dumps(
+            {
+                "sessions": [s.session.id for s in selected],
+                "probes": [asdict(p) for p in plan.probes],
+                "targets": [asdict(t) for t in plan.targets],
+                "skipped": list(plan.skipped),
+            },
+            indent=2,
+        )
+    )

@@ -9,29 +9,39 @@ evaluations, on a clock the test moves.
 
 from __future__ import annotations
 
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from onthejob import knowledge
+from onthejob.cli import main
 from onthejob.knowledge import Convention, Fact, Procedure
+from onthejob.models import build_model, save_model
 from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM, SHOP_TOOL, TOOLS_HEADER, tool_line
+from onthejob.registry import Registry
 from onthejob.sleep import (
     GateConfig,
     PlanConfig,
     SelectionPolicy,
+    SleepConfig,
     SleepError,
     decide,
     plan_sleep,
     read_experience,
     select_sessions,
+    sleep,
     split_correction,
+    student_messages,
 )
 from onthejob.store import NewTurn, Store
+from onthejob.train.opsd import OPSDConfig
+from onthejob.train.sft import SFTConfig, SFTExample, sft
 from onthejob.world import make_org
 from onthejob.world.org import Org, item_key
+from tests.conftest import TINY
 
 ORG_A = make_org(3)
 ORG_B = make_org(4)
@@ -451,3 +461,211 @@ def test_gate_rejects_a_guard_drop_beyond_tolerance() -> None:
     assert decide(0.1, 0.9, {"arith": 0.30}, {"arith": 0.28}).promote  # exactly 2 points
     with pytest.raises(SleepError, match="guard suites differ"):
         decide(0.1, 0.9, {"arith": 0.3}, {"shop": 0.3})
+
+
+# -- end to end: training, registry, tenants, the command --------------------------------
+
+QUICK_OPSD = OPSDConfig(steps=2, batch_size=4, samples_per_probe=2, max_new_tokens=8)
+QUICK_SFT = SFTConfig(steps=2, batch_size=4)
+
+
+def quick(method: str, **changes: object) -> SleepConfig:
+    """A seconds-long sleep: two steps, a guard of two arith tasks."""
+    config = SleepConfig(
+        method=method, opsd=QUICK_OPSD, sft=QUICK_SFT, guard_envs=("arith",), guard_n=2
+    )
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):  # type: ignore[no-untyped-def]
+    """The tiny model with a 1024-position context, fitted for a second to answer short
+    questions briefly: a random model never ends a reply, so a teacher's sample would never
+    be whole (SFT on teacher samples drops cut answers)."""
+    rng = random.Random(0)
+    examples = []
+    for _ in range(64):
+        asked = knowledge.question(knowledge.random_items(rng, 1)[0], rng)
+        chat = (*student_messages(asked.text), {"role": "assistant", "content": asked.answer})
+        examples.append(SFTExample(chat, (False, False, True)))
+    model = build_model(replace(TINY, max_positions=1024), tokenizer, seed=0)
+    fitted = sft(
+        model,
+        tokenizer,
+        examples,
+        SFTConfig(steps=30, batch_size=16, lr=1e-2, lora=False),
+        show_progress=False,
+    )
+    path = tmp_path_factory.mktemp("sleep-model") / "model"
+    save_model(fitted.model, tokenizer, path)  # type: ignore[arg-type]
+    return path
+
+
+@pytest.mark.parametrize("method", ["opsd", "sft_transcript", "sft_teacher", "none"])
+def test_every_method_registers_a_judged_candidate_under_the_tenant(
+    tmp_path: Path, filled: Filled, model_dir: Path, method: str
+) -> None:
+    registry = Registry(tmp_path / "registry.sqlite")
+    policy = SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at)
+    with Store(filled.store) as store:
+        result = sleep(
+            store, registry, policy, quick(method), tmp_path / "run", model_dir, show_progress=False
+        )
+    base, candidate = registry.list(ORG_A.tenant)
+    assert base.method == "base" and base.parent is None and Path(base.base) == model_dir
+    assert candidate.id == result.version.id and candidate.parent == base.id
+    assert candidate.method == method and candidate.tenant == ORG_A.tenant
+    assert candidate.base == base.base
+    if method == "none":  # the parent's weights again, no training
+        assert candidate.adapter is None and result.train == {}
+        assert result.recall_after == result.recall_before
+    else:
+        assert candidate.adapter == str(tmp_path / "run" / "candidate")
+        assert (Path(candidate.adapter) / "adapter_config.json").is_file()
+        assert result.train["steps"] == 2 and result.train["tokens"] > 0
+    evals = candidate.evals
+    assert evals["recall_before"] == result.recall_before and evals["recall"] == result.recall_after
+    assert set(evals["guard"]) == set(evals["guard_before"]) == {"arith success"}
+    assert evals["targets"] == len(result.plan.targets) > 0
+    assert evals["gate"] == ("promote" if result.decision.promote else "reject")
+    config = candidate.config
+    assert config["selection"]["tenant"] == ORG_A.tenant and config["sessions"] == 2
+    assert config["targets"] == [[t.text, t.answer] for t in result.plan.targets]
+    # the tiny random model learns nothing in two steps: the gate says why it rejects
+    if not result.decision.promote:
+        assert candidate.status == "rejected" and candidate.reason == result.decision.reason
+        assert registry.promoted(ORG_A.tenant) == registry.get(base.id)
+    else:
+        assert candidate.status == "promoted"
+    written = json.loads((tmp_path / "run" / "sleep.json").read_text())
+    assert written["evals"]["version"] == candidate.id
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["sessions"] == [filled.up, filled.order]
+
+
+def test_tenant_b_learns_only_from_its_own_sessions(
+    tmp_path: Path, filled: Filled, model_dir: Path
+) -> None:
+    registry = Registry(tmp_path / "registry.sqlite")
+    with Store(filled.store) as store:
+        a = sleep(
+            store,
+            registry,
+            SelectionPolicy(tenant=ORG_A.tenant, thumbs="any"),
+            quick("opsd"),
+            tmp_path / "a",
+            model_dir,
+            show_progress=False,
+        )
+        b = sleep(
+            store,
+            registry,
+            SelectionPolicy(tenant=ORG_B.tenant, thumbs="any"),
+            quick("opsd"),
+            tmp_path / "b",
+            model_dir,
+            show_progress=False,
+        )
+    b_sessions = json.loads((tmp_path / "b" / "plan.json").read_text())["sessions"]
+    assert b_sessions == [filled.other_tenant]
+    a_doc = ORG_A.knowledge_at(0).documents[0].text
+    b_doc = ORG_B.knowledge_at(0).documents[0].text
+    assert all(a_doc not in p.context and p.context in b_doc for p in b.plan.probes)
+    assert all(b_doc not in p.context for p in a.plan.probes)
+    assert {t.text for t in b.plan.targets}.isdisjoint(t.text for t in a.plan.targets)
+    assert b.version.tenant == ORG_B.tenant and b.parent.tenant == ORG_B.tenant
+    assert [v.tenant for v in registry.list(ORG_B.tenant)] == [ORG_B.tenant] * 2
+    assert registry.get(b.version.parent or "").tenant == ORG_B.tenant
+    assert b.version.id not in [v.id for v in registry.list(ORG_A.tenant)]
+
+
+def test_knowledge_of_earlier_sleeps_joins_the_guard(
+    tmp_path: Path, filled: Filled, model_dir: Path
+) -> None:
+    week0 = ORG_A.knowledge_at(0)
+    current, elsewhere = week0.documents[0], week0.documents[1]
+    earlier = [knowledge.question(item, random.Random(7)) for item in elsewhere.items[:3]]
+    updated = knowledge.question(current.items[0], random.Random(8))  # this sleep judges it
+    registry = Registry(tmp_path / "registry.sqlite")
+    base = registry.register(ORG_A.tenant, model_dir, method="base")
+    registry.promote(base.id)
+    previous = registry.register(
+        ORG_A.tenant,
+        model_dir,
+        method="opsd",
+        parent=base.id,
+        config={"targets": [[q.text, q.answer] for q in [*earlier, updated]]},
+    )
+    registry.promote(previous.id)
+    with Store(filled.store) as store:
+        result = sleep(
+            store,
+            registry,
+            SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at),
+            quick("opsd"),
+            tmp_path / "run",
+            show_progress=False,
+        )
+    assert result.parent.id == previous.id
+    assert set(result.guard_before) == {"arith success", "earlier knowledge"}
+    version = registry.get(result.version.id)
+    assert version.config["guard"]["earlier"] == len(earlier)  # not the updated item
+    assert version.evals["guard"]["earlier knowledge"] == result.guard_after["earlier knowledge"]
+
+
+def test_sleep_errors_say_what_to_do(tmp_path: Path, filled: Filled, model_dir: Path) -> None:
+    registry = Registry(tmp_path / "registry.sqlite")
+    with Store(filled.store) as store:
+        with pytest.raises(SleepError, match="no session of tenant 'nobody' matches"):
+            sleep(store, registry, SelectionPolicy(tenant="nobody"), quick("opsd"), tmp_path)
+        # thumbs down: nothing pasted or corrected, so nothing the gate could judge
+        with pytest.raises(SleepError, match="nothing to consolidate"):
+            policy = SelectionPolicy(tenant=ORG_A.tenant, thumbs="down")
+            sleep(store, registry, policy, quick("opsd"), tmp_path, model_dir)
+    with pytest.raises(SleepError, match="method must be one of none, opsd"):
+        SleepConfig(method="dream")
+
+
+def test_onthejob_sleep_prints_the_table_and_registers(
+    tmp_path: Path, filled: Filled, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "registry.sqlite"
+    argv = [
+        "sleep",
+        "--tenant",
+        ORG_A.tenant,
+        "--store",
+        str(filled.store),
+        "--registry",
+        str(registry),
+        "--model",
+        str(model_dir),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+        "--guard-envs",
+        "arith",
+        "--guard-n",
+        "2",
+        "--until",
+        str(filled.split_at),
+        "--hindsight",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"sleep of {ORG_A.tenant}: opsd on 2 sessions" in out
+    for row in ("recall, no context", "teacher: the parent with the context", "guard: arith"):
+        assert row in out
+    versions = Registry(registry).list(ORG_A.tenant)
+    assert [v.method for v in versions] == ["base", "opsd"]
+    assert versions[1].config["plan"]["hindsight"] is True
+    assert f"{versions[1].id} (parent {versions[0].id}, status {versions[1].status})" in out
+
+    assert main([*argv[:-1], "--steps", "0", "--quiet"]) == 2
+    assert "onthejob sleep: --steps must be > 0, got 0" in capsys.readouterr().err
+    assert main(["sleep", "--org", "3", "--store", str(tmp_path / "none.sqlite")]) == 2
+    assert "no experience store at" in capsys.readouterr().err
+    assert main([*argv[:-1], "--since", "yesterday", "--quiet"]) == 2
+    assert "--since takes seconds since the epoch or an ISO date" in capsys.readouterr().err

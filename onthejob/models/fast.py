@@ -20,10 +20,13 @@ Departures from the HF forward it mirrors (same arithmetic, fewer and larger
 calls; checked against it in tests/test_sampling.py):
 
 - Plain `nn.Linear` projections are fused (q|k|v into one matrix, gate|up into
-  one). Anything else (a PEFT LoRA layer, a quantized layer) is called as the
-  module it is, so an active adapter counts and a disabled one does not. Fused
-  matrices are copies taken when the decoder is built: build a fresh decoder
-  after the weights change (`sample` builds one per call).
+  one). With autograd off (sampling), a PEFT LoRA linear counts as plain: its
+  active adapters' updates are added to a copy of its weight, so an active
+  adapter counts, a disabled one does not, and neither costs extra matmuls.
+  Anything else (a LoRA layer with autograd on, DoRA, a quantized layer) is
+  called as the module it is. Fused matrices are copies taken when the decoder
+  is built: build a fresh decoder after the weights change (`sample` builds one
+  per call).
 - Prefill runs the batch in chunks of rows, each cut to its own longest prompt,
   so rows sorted by length carry little padding (HF pads all rows to the
   longest prompt).
@@ -84,28 +87,54 @@ def lean_decoder_supports(model: nn.Module, max_len: int) -> str | None:
     return None
 
 
-def _plain(*modules: nn.Module) -> bool:
-    return all(type(m) is nn.Linear for m in modules)
+def _linear_weights(module: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) that compute `module` as one F.linear, or None to call it as it is.
+
+    A plain nn.Linear gives its own. With autograd off, a PEFT LoRA linear gives its base
+    weight plus its active adapters' updates (peft's own `get_delta_weight`): a copy, so
+    sampling with an adapter costs what sampling without one does, and no gradient could
+    reach the adapter through it (with autograd on, the module is called). A disabled
+    adapter gives the base weight; LoRA variants such as DoRA are called as modules.
+    """
+    if type(module) is nn.Linear:
+        return module.weight, module.bias
+    base = getattr(module, "base_layer", None)
+    if torch.is_grad_enabled() or type(base) is not nn.Linear:
+        return None
+    if not all(hasattr(module, a) for a in ("get_delta_weight", "lora_A", "lora_variant")):
+        return None
+    if module.disable_adapters:
+        return None if module.merged else (base.weight, base.bias)
+    if module.merged:  # the base weight already holds the update
+        return base.weight, base.bias
+    active = [name for name in module.active_adapters if name in module.lora_A]
+    if any(name in module.lora_variant for name in active):
+        return None
+    weight = base.weight
+    for name in active:
+        weight = weight + module.get_delta_weight(name).to(weight.dtype)
+    return weight, base.bias
 
 
 def _as_function(module: Any) -> Projection:
-    """A plain nn.Linear as a bare F.linear call (no module dispatch); anything else as itself."""
-    if _plain(module):
-        weight, bias = module.weight, module.bias
-        return lambda x: F.linear(x, weight, bias)
-    return module
+    """A linear (see `_linear_weights`) as a bare F.linear call; anything else as itself."""
+    weights = _linear_weights(module)
+    if weights is None:
+        return module
+    weight, bias = weights
+    return lambda x: F.linear(x, weight, bias)
 
 
 def _fused(modules: list[Any]) -> Projection | None:
-    """One F.linear over the stacked weights of plain linears; None if any is not plain."""
-    if not _plain(*modules):
+    """One F.linear over the stacked weights of linears; None if any is not one."""
+    parts = [_linear_weights(m) for m in modules]
+    if any(part is None for part in parts):
         return None
-    weight = torch.cat([m.weight for m in modules])
+    pairs = [part for part in parts if part is not None]
+    weight = torch.cat([w for w, _ in pairs])
     bias = None
-    if any(m.bias is not None for m in modules):
-        bias = torch.cat(
-            [m.weight.new_zeros(len(m.weight)) if m.bias is None else m.bias for m in modules]
-        )
+    if any(b is not None for _, b in pairs):
+        bias = torch.cat([w.new_zeros(len(w)) if b is None else b for w, b in pairs])
     return lambda x: F.linear(x, weight, bias)
 
 

@@ -41,7 +41,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import PreTrainedTokenizerBase
 
 from onthejob.curriculum import Example
-from onthejob.models import LoraSettings, adapter_disabled, save_model
+from onthejob.models import LoraSettings, save_model
 from onthejob.models.fast import base_causal_lm
 from onthejob.sampling import SamplingConfig, sample
 from onthejob.train.checkpoint import (
@@ -191,8 +191,9 @@ def teacher_sample_examples(
 ) -> list[SFTExample]:
     """The teacher's answers to the probes (with their context), as examples without it.
 
-    The teacher is `model` as its base (a PeftModel's adapter switched off), greedy by
-    default; answers that ran out of tokens before their end token are dropped.
+    The teacher is `model` as given (call it before training: the starting model, an
+    earlier adapter included), greedy by default; answers that ran out of tokens before
+    their end token are dropped.
     """
     if temperature == 0 and samples_per_probe > 1:
         raise ValueError(
@@ -200,10 +201,8 @@ def teacher_sample_examples(
         )
     prompts = [probe_prompts(tokenizer, probe)[1] for probe in probes]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    with adapter_disabled(model) as teacher:
-        samples = sample(
-            teacher, tokenizer, [p for p in prompts for _ in range(samples_per_probe)], sampling
-        )
+    rows = [p for p in prompts for _ in range(samples_per_probe)]
+    samples = sample(model, tokenizer, rows, sampling)
     examples = []
     for i, (text, why) in enumerate(zip(samples.texts, samples.finish_reasons, strict=True)):
         if why != "eos":

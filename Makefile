@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/onthejob eval
 	$(BIN)/onthejob train
 	$(BIN)/onthejob work --org 1 --days 5
+	$(BIN)/onthejob sleep --org 1 --thumbs any
 
 test: $(STAMP)
 	$(BIN)/ruff check onthejob tests benchmarks

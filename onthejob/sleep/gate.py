@@ -1,0 +1,173 @@
+"""Sleep, last step: judging a candidate against its parent, and the gate's rule.
+
+Covers: `no_context_recall` (greedy answers to the targets with no context) and
+`with_context_accuracy` (with the teacher's context, as the teacher reads it); the guard
+suite (`guard_suite`): greedy success on held-out tasks of the grindable envs
+(`onthejob.evals.env_success`) and no-context recall of the knowledge earlier sleeps of the
+lineage consolidated (`earlier_knowledge`: their targets as the registry recorded them,
+minus items this sleep knows a newer version of); and `decide`: promote only if recall
+rises by more than `min_gain` and no guard score falls by more than `tolerance`
+(2 points), else reject, saying which rule failed and by how much.
+
+Not covered: writing the verdict into the registry (`onthejob.sleep.run`), rollback
+(`onthejob.registry`).
+
+Design decisions: every guard score must hold on its own (a gain in one env does not buy a
+loss in another); ties in recall reject (the parent keeps serving); answers are compared
+by `knowledge.is_correct`, greedy, so a verdict is reproducible for a model and seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from onthejob import knowledge
+from onthejob.evals import answer_all, env_success
+from onthejob.registry import ModelVersion, Registry
+from onthejob.sleep.plan import Plan, SleepQuestion, key_of_question
+from onthejob.sleep.selection import SleepError
+from onthejob.train.opsd import Probe, teacher_messages
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """When a candidate is promoted."""
+
+    min_gain: float = 0.0
+    """No-context recall of the targets must rise by more than this over the parent."""
+    tolerance: float = 0.02
+    """Most any guard score may fall below the parent's (0.02: two points)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tolerance <= 1 or not 0 <= self.min_gain < 1:
+            raise SleepError(
+                f"gate tolerance must be in [0, 1] and min_gain in [0, 1), got"
+                f" {self.tolerance} and {self.min_gain}"
+            )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict on a candidate."""
+
+    promote: bool
+    reason: str
+
+
+def decide(
+    recall_before: float,
+    recall_after: float,
+    guard_before: dict[str, float],
+    guard_after: dict[str, float],
+    config: GateConfig | None = None,
+) -> Decision:
+    """Promote when recall rises by more than `min_gain` and every guard score stays within
+    `tolerance` of the parent's; else reject, saying which rule failed and by how much."""
+    config = config or GateConfig()
+    if set(guard_before) != set(guard_after):
+        raise SleepError(
+            f"the guard suites differ: {sorted(guard_before)} before, {sorted(guard_after)} after"
+        )
+    gain = recall_after - recall_before
+    recall = f"recall {recall_before:.3f} -> {recall_after:.3f} ({gain:+.3f})"
+    if gain <= config.min_gain:
+        return Decision(False, f"no recall gain: {recall}, needs more than {config.min_gain:+.3f}")
+    drops = [
+        f"{name} {guard_before[name]:.3f} -> {guard_after[name]:.3f}"
+        f" ({guard_after[name] - guard_before[name]:+.3f})"
+        for name in sorted(guard_before)
+        if guard_before[name] - guard_after[name] > config.tolerance + 1e-9
+    ]
+    if drops:
+        return Decision(
+            False, f"guard fell beyond {config.tolerance:.3f}: {'; '.join(drops)} ({recall})"
+        )
+    return Decision(True, f"{recall}; guard within {config.tolerance:.3f}")
+
+
+# -- evaluation -------------------------------------------------------------------------
+
+
+def no_context_recall(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[SleepQuestion],
+    max_new_tokens: int = 16,
+) -> float:
+    """Share of the questions (those with an answer) answered right with no context, greedy."""
+    judged = [q for q in questions if q.answer is not None]
+    if not judged:
+        raise SleepError("no question with a known answer to measure recall on")
+    replies = answer_all(
+        model, tokenizer, [list(q.student_messages) for q in judged], max_new_tokens
+    )
+    return _share_right(replies, judged)
+
+
+def with_context_accuracy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[SleepQuestion],
+    max_new_tokens: int = 16,
+) -> float:
+    """Share of the questions answered right with their teacher context, as the teacher
+    reads it (`opsd.teacher_messages`), greedy."""
+    judged = [q for q in questions if q.answer is not None]
+    if not judged:
+        raise SleepError("no question with a known answer to measure accuracy on")
+    chats = [teacher_messages(probe_of(q)) for q in judged]
+    return _share_right(answer_all(model, tokenizer, chats, max_new_tokens), judged)
+
+
+def _share_right(replies: Sequence[str], questions: Sequence[SleepQuestion]) -> float:
+    right = [
+        knowledge.is_correct(reply, str(q.answer))
+        for reply, q in zip(replies, questions, strict=True)
+    ]
+    return sum(right) / len(right)
+
+
+def probe_of(question: SleepQuestion) -> Probe:
+    """The OPSD probe of a question: its no-context chat, its teacher context, its answer."""
+    return Probe(question.student_messages, question.context, question.answer)
+
+
+EARLIER = "earlier knowledge"
+"""Name of the guard score on knowledge earlier sleeps of the lineage consolidated."""
+
+
+def guard_suite(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    envs: Sequence[str],
+    n: int,
+    difficulty: int,
+    earlier: Sequence[SleepQuestion] = (),
+) -> dict[str, float]:
+    """Greedy success on up to n held-out tasks of each env ("<env> success"), and
+    no-context recall of the earlier knowledge when there is some."""
+    scores = {
+        f"{env} success": env_success(model, tokenizer, env, n=n, difficulty=difficulty)[0]
+        for env in envs
+    }
+    if earlier:
+        scores[EARLIER] = no_context_recall(model, tokenizer, earlier)
+    return scores
+
+
+def earlier_knowledge(registry: Registry, parent: ModelVersion, plan: Plan) -> list[SleepQuestion]:
+    """The targets earlier sleeps of the parent's lineage recorded, minus questions about items
+    this plan knows a version of (it judges those itself, with their newest answers)."""
+    questions: dict[str, SleepQuestion] = {}
+    version: ModelVersion | None = parent
+    while version is not None:
+        for text, answer in version.config.get("targets", []):
+            key = key_of_question(text)
+            if text not in questions and key not in plan.knowledge:
+                questions[text] = SleepQuestion(text, answer, "", "earlier")
+        version = registry.get(version.parent) if version.parent else None
+    return list(questions.values())

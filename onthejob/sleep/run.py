@@ -1,0 +1,357 @@
+"""Sleep, the run: one sleep of one tenant, from the store to a judged, registered candidate.
+
+Covers: `SleepConfig` and `sleep(store, registry, policy, config)`: select the sessions,
+read the experience, plan probes and targets, load the parent (the tenant's promoted
+version), measure it, train by one of `METHODS` with the same plan and token budget,
+measure the candidate, let the gate decide, and register the candidate under the tenant
+with its method, configs, parent, adapter, evaluations and the decision (promoted or
+rejected with the reason; `promote=False` leaves a passing one a candidate). The run
+folder keeps plan.json (sessions, probes, targets) and sleep.json (everything registered).
+
+Methods: "opsd" (`onthejob.train.opsd.distill`: the student samples, the teacher with the
+context scores), "sft_transcript" (`train.sft` on the selected question sessions as they
+happened: reciting the work log), "sft_teacher" (`train.sft` on the teacher's greedy
+answers to the probes: off-policy context distillation), "none" (no update).
+
+Not covered: the losses and loops (`onthejob.train`), alternating work and sleep over
+weeks, dreaming.
+
+Design decisions:
+
+- The candidate is a LoRA adapter on the parent's base model: a fresh one when the parent
+  is a base model, else the parent's adapter trained further (the trainers' "fixed"
+  teacher is then the parent's weights as they started, and "sft_teacher" samples a merged
+  copy of the parent), so a tenant's lineage is one adapter over one base.
+- A tenant without a promoted version starts from a model directory registered and
+  promoted as its base version, as `onthejob serve` does.
+- The parent is measured again in every sleep, not read from the registry: the targets
+  are this sleep's.
+- "none" registers the parent's weights again as a candidate with its evaluations: the
+  baseline is in the registry like every other method, and the gate rejects it (no recall
+  gain) unless an operator promotes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from onthejob.models import load_adapter, load_model
+from onthejob.registry import ModelVersion, Registry
+from onthejob.sleep.gate import (
+    Decision,
+    GateConfig,
+    decide,
+    earlier_knowledge,
+    guard_suite,
+    no_context_recall,
+    probe_of,
+    with_context_accuracy,
+)
+from onthejob.sleep.plan import Plan, PlanConfig, plan_sleep
+from onthejob.sleep.selection import (
+    SelectedSession,
+    SelectionPolicy,
+    SleepError,
+    read_experience,
+    select_sessions,
+    uses_tools,
+)
+from onthejob.store import Store, Turn
+from onthejob.train.opsd import OPSDConfig, distill
+from onthejob.train.pretrain import default_model_dir, onthejob_home
+from onthejob.train.sft import SFTConfig, sft, teacher_sample_examples, transcript_examples
+
+METHODS = ("none", "opsd", "sft_transcript", "sft_teacher")
+"""How a sleep turns the experience into weights (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class SleepConfig:
+    """One sleep: how it trains, how it is judged, and whether it may promote."""
+
+    method: str = "opsd"
+    """One of METHODS."""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """How probes, targets and teacher contexts are built."""
+    opsd: OPSDConfig = field(default_factory=OPSDConfig)
+    """The OPSD run (method "opsd")."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """The SFT run (methods "sft_transcript" and "sft_teacher")."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """When the candidate is promoted."""
+    guard_envs: tuple[str, ...] = ("arith", "program", "shop")
+    """Grindable envs whose held-out success the guard suite measures."""
+    guard_n: int = 100
+    """Held-out tasks per guard env (one task is 1 / guard_n of a score)."""
+    guard_difficulty: int = 1
+    """Level of the guard envs' tasks."""
+    promote: bool = True
+    """Promote a candidate the gate passes (False: leave it a candidate; failures are
+    rejected either way)."""
+    device: str = "cpu"
+    """Where the model runs: cpu, cuda, cuda:1..."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SleepError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.guard_n < 1:
+            raise SleepError(f"guard_n must be at least 1, got {self.guard_n}")
+
+
+@dataclass
+class SleepResult:
+    """What one sleep did and measured."""
+
+    tenant: str
+    method: str
+    parent: ModelVersion
+    """The version it started from (the tenant's promoted one)."""
+    version: ModelVersion
+    """The candidate as registered, with its final status."""
+    decision: Decision
+    """The gate's verdict (a candidate left unpromoted by `promote=False` keeps it too)."""
+    sessions: int
+    """Sessions selected."""
+    plan: Plan
+    recall_before: float
+    """No-context recall of the targets by the parent."""
+    recall_after: float
+    """No-context recall of the targets by the candidate."""
+    teacher_accuracy: float
+    """The parent's accuracy on the targets with their teacher contexts (context only)."""
+    guard_before: dict[str, float]
+    guard_after: dict[str, float]
+    train: dict[str, Any]
+    """Steps, tokens and seconds of the training run (empty for "none")."""
+    run_dir: Path
+
+
+def sleep(
+    store: Store,
+    registry: Registry,
+    policy: SelectionPolicy,
+    config: SleepConfig | None = None,
+    run_dir: Path | None = None,
+    model_dir: Path | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = lambda line: None,
+) -> SleepResult:
+    """Select, plan, train, judge and register one candidate for `policy.tenant`.
+
+    The parent is the tenant's promoted version; a tenant without one starts from
+    `model_dir` (default: the cached pretrained model), registered and promoted as its
+    base version, as `onthejob serve` does.
+    """
+    config = config or SleepConfig()
+    tenant = policy.tenant
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = run_dir or onthejob_home() / "runs" / f"sleep-{tenant}-{config.method}-{stamp}"
+    selected = select_sessions(store, policy)
+    if not selected:
+        raise SleepError(
+            f"no session of tenant {tenant!r} matches the selection (thumbs {policy.thumbs}"
+            f"{', with an evaluation' if policy.require_evaluation else ''}); run"
+            " `onthejob work` first or widen it (--thumbs any)"
+        )
+    experience = read_experience(selected)
+    plan = plan_sleep(experience, config.plan)
+    if not plan.targets:
+        raise SleepError(
+            f"nothing to consolidate: the {len(selected)} selected sessions hold no pasted"
+            " document or correction that can be read back into knowledge"
+        )
+    if not plan.probes and config.method in ("opsd", "sft_teacher"):
+        raise SleepError("no probe to practise on: enable self-study or select more sessions")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_plan(run_dir / "plan.json", selected, plan)
+    log(
+        f"{len(selected)} sessions: {len(experience.documents)} documents pasted,"
+        f" {sum(n.source == 'correction' for n in experience.notes)} corrections,"
+        f" {len(plan.knowledge)} items; {len(plan.probes)} probes, {len(plan.targets)} targets"
+    )
+
+    parent = _parent(registry, tenant, model_dir)
+    model, tokenizer = load_version(parent, config.device, trainable=True)
+    earlier = earlier_knowledge(registry, parent, plan)
+    log(f"evaluating the parent {parent.id}")
+    recall_before = no_context_recall(model, tokenizer, plan.targets)
+    teacher_accuracy = with_context_accuracy(model, tokenizer, plan.targets)
+    guard = (config.guard_envs, config.guard_n, config.guard_difficulty)
+    guard_before = guard_suite(model, tokenizer, *guard, earlier=earlier)
+
+    log(f"training: {config.method}")
+    trained, base, adapter, train = _train(
+        config, model, tokenizer, parent, selected, plan, run_dir, show_progress
+    )
+    if config.method == "none":
+        recall_after, guard_after = recall_before, dict(guard_before)
+    else:
+        log("evaluating the candidate")
+        recall_after = no_context_recall(trained, tokenizer, plan.targets)
+        guard_after = guard_suite(trained, tokenizer, *guard, earlier=earlier)
+
+    decision = decide(recall_before, recall_after, guard_before, guard_after, config.gate)
+    evals = {
+        "recall_before": recall_before,
+        "recall": recall_after,
+        "teacher_with_context": teacher_accuracy,
+        "guard_before": guard_before,
+        "guard": guard_after,
+        "targets": len(plan.targets),
+        "tokens": train.get("tokens", 0),
+        "gate": "promote" if decision.promote else "reject",
+    }
+    record = {
+        "method": config.method,
+        "selection": asdict(policy),
+        "sessions": len(selected),
+        "plan": asdict(config.plan),
+        "probes": {kind: plan.count(kind) for kind in ("question", "variation", "self_study")},
+        **({"opsd": asdict(config.opsd)} if config.method == "opsd" else {}),
+        **({"sft": asdict(config.sft)} if config.method.startswith("sft") else {}),
+        "gate": asdict(config.gate),
+        "guard": {"envs": list(config.guard_envs), "n": config.guard_n, "earlier": len(earlier)},
+        "train": train,
+        "run_dir": str(run_dir),
+        "targets": [[q.text, q.answer] for q in plan.targets],
+    }
+    actor = "onthejob sleep"
+    version = registry.register(
+        tenant, base, adapter, config.method, record, parent.id, evals, actor=actor
+    )
+    if not decision.promote:
+        version = registry.reject(version.id, decision.reason, actor=actor)
+    elif config.promote:
+        version = registry.promote(version.id, decision.reason, actor=actor)
+    result = SleepResult(
+        tenant=tenant,
+        method=config.method,
+        parent=parent,
+        version=version,
+        decision=decision,
+        sessions=len(selected),
+        plan=plan,
+        recall_before=recall_before,
+        recall_after=recall_after,
+        teacher_accuracy=teacher_accuracy,
+        guard_before=guard_before,
+        guard_after=guard_after,
+        train=train,
+        run_dir=run_dir,
+    )
+    report = {**evals, "version": version.id, "status": version.status, "reason": decision.reason}
+    (run_dir / "sleep.json").write_text(json.dumps({**record, "evals": report}, indent=2))
+    return result
+
+
+def load_version(
+    version: ModelVersion, device: str = "cpu", trainable: bool = False
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """A registered version's model (its base, with its adapter if it has one) and tokenizer."""
+    model, tokenizer = load_model(version.base, device=device)
+    if version.adapter is None:
+        return model, tokenizer
+    return load_adapter(model, version.adapter, trainable=trainable), tokenizer
+
+
+def _parent(registry: Registry, tenant: str, model_dir: Path | None) -> ModelVersion:
+    """The tenant's promoted version; without one, `model_dir` registered and promoted."""
+    parent = registry.promoted(tenant)
+    if parent is not None:
+        return parent
+    model_dir = model_dir or default_model_dir()
+    if not model_dir.is_dir():
+        raise SleepError(
+            f"tenant {tenant!r} has no promoted version and there is no model at {model_dir};"
+            " run `onthejob pretrain` first (or pass --model DIR)"
+        )
+    actor = "onthejob sleep"
+    version = registry.register(tenant, model_dir, method="base", actor=actor)
+    return registry.promote(version.id, reason="the base of the first sleep", actor=actor)
+
+
+def _train(
+    config: SleepConfig,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    parent: ModelVersion,
+    selected: Sequence[SelectedSession],
+    plan: Plan,
+    run_dir: Path,
+    show_progress: bool,
+) -> tuple[torch.nn.Module, str, str | None, dict[str, Any]]:
+    """(trained model, base dir, adapter dir or None, steps/tokens/seconds) of the method."""
+    if config.method == "none":
+        return model, parent.base, parent.adapter, {}
+    out_dir = run_dir / "candidate"
+    if config.method == "opsd":
+        probes = [probe_of(q) for q in plan.probes]
+        result = distill(
+            model,
+            tokenizer,
+            probes,
+            config.opsd,
+            out_dir=out_dir,
+            run_dir=run_dir / "train",
+            show_progress=show_progress,
+        )
+        lora = config.opsd.lora or parent.adapter is not None
+        trained, steps, tokens, seconds = result.model, result.steps, result.tokens, result.seconds
+    else:
+        if config.method == "sft_transcript":
+            examples = transcript_examples(
+                [[_message(t) for t in s.turns] for s in selected if not uses_tools(s.turns)]
+            )
+        else:  # the teacher is the parent: under an adapter, a merged copy of it
+            teacher = model
+            if parent.adapter is not None:
+                merged, _ = load_version(parent, config.device, trainable=False)
+                teacher = merged.merge_and_unload()  # type: ignore[operator]
+            examples = teacher_sample_examples(
+                teacher, tokenizer, [probe_of(q) for q in plan.probes]
+            )
+        if not examples:
+            raise SleepError(f"{config.method}: the selected sessions give no example to train on")
+        sft_result = sft(
+            model,
+            tokenizer,
+            examples,
+            config.sft,
+            out_dir=out_dir,
+            run_dir=run_dir / "train",
+            show_progress=show_progress,
+        )
+        lora = config.sft.lora or parent.adapter is not None
+        trained, steps = sft_result.model, sft_result.steps
+        tokens, seconds = sft_result.tokens, sft_result.seconds
+    train = {"steps": steps, "tokens": tokens, "seconds": round(seconds, 1)}
+    if lora:
+        return trained, parent.base, str(out_dir), train
+    return trained, str(out_dir), None, train
+
+
+def _message(turn: Turn) -> dict[str, str]:
+    return {"role": turn.role, "content": turn.content}
+
+
+def _write_plan(path: Path, selected: Sequence[SelectedSession], plan: Plan) -> None:
+    """The sessions, probes and targets of a sleep, for reading after the run."""
+    path.write_text(
+        json.dumps(
+            {
+                "sessions": [s.session.id for s in selected],
+                "probes": [asdict(p) for p in plan.probes],
+                "targets": [asdict(t) for t in plan.targets],
+                "skipped": list(plan.skipped),
+            },
+            indent=2,
+        )
+    )

@@ -23,7 +23,10 @@ from onthejob.models import build_model, save_model
 from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM, SHOP_TOOL, TOOLS_HEADER, tool_line
 from onthejob.registry import Registry
 from onthejob.sleep import (
+    Asked,
+    Experience,
     GateConfig,
+    Note,
     PlanConfig,
     SelectionPolicy,
     SleepConfig,
@@ -426,6 +429,27 @@ def test_targets_are_held_out_phrasings_with_the_documents_answers(filled: Fille
     again = plan_sleep(experience)
     assert again == plan  # deterministic
     assert plan_sleep(experience, PlanConfig(seed=1)).targets != plan.targets
+
+
+def test_a_ticket_question_varies_its_phrasing_and_is_judged_on_another_number() -> None:
+    convention = Convention("billing", "fin")
+    line = knowledge.statement(convention, random.Random(0))
+    asked = "ticket id for billing number 42?"
+    experience = Experience(
+        sessions=("s",),
+        documents=(line,),
+        notes=(Note(line, convention, "document", 0, "s"),),
+        questions=(Asked(asked, "s"),),
+        evaluations=(),
+    )
+    plan = plan_sleep(experience)
+    by_kind = {p.text: (p.kind, p.answer) for p in plan.probes}
+    assert by_kind[asked] == ("question", "fin-42")
+    assert by_kind["write the ticket id for billing issue 42."] == ("variation", "fin-42")
+    (target,) = plan.targets
+    assert target.answer != "fin-42" and str(target.answer).startswith("fin-")
+    assert target.answer not in {answer for _, answer in by_kind.values()}
+    assert target.context == line
 
 
 def test_plan_config_errors_are_one_line() -> None:

@@ -115,6 +115,7 @@ class Plan:
     """Real questions left out: nothing in any teacher context is about them."""
 
     def count(self, kind: str) -> int:
+        """Probes of one kind ("question", "variation" or "self_study")."""
         return sum(probe.kind == kind for probe in self.probes)
 
 
@@ -219,11 +220,12 @@ def plan_sleep(experience: Experience, config: PlanConfig | None = None) -> Plan
                 if (form := knowledge.parse_question(text)) is not None
                 and (form.subject, form.topic) == key
             }
-            numbers = [n for n in rng.sample(range(10, 1000), TICKET_NUMBERS + 8)]
-            numbers = [n for n in numbers if n not in asked_numbers][: TICKET_NUMBERS + 1]
+            drawn = rng.sample(range(10, 1000), TICKET_NUMBERS + 8)
+            numbers = [n for n in drawn if n not in asked_numbers][: TICKET_NUMBERS + 1]
             target = rng.choice(knowledge.questions_about(item, numbers[0]))
             held_out[target.text] = SleepQuestion(target.text, target.answer, context, "held_out")
-            practice[key] = [q for n in numbers[1:] for q in knowledge.questions_about(item, n)]
+            practised = sorted(n for n in asked_numbers if n is not None) + numbers[1:]
+            practice[key] = [q for n in practised for q in knowledge.questions_about(item, n)]
             continue
         by_answer: dict[str, list[knowledge.Question]] = {}
         for asked in knowledge.questions_about(item):

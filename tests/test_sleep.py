@@ -567,6 +567,25 @@ def test_every_method_registers_a_judged_candidate_under_the_tenant(
     assert plan["sessions"] == [filled.up, filled.order]
 
 
+@pytest.mark.parametrize("method", ["opsd", "sft_teacher"])
+def test_a_parent_adapter_is_trained_further(
+    tmp_path: Path, filled: Filled, model_dir: Path, method: str
+) -> None:
+    registry = Registry(tmp_path / "registry.sqlite")
+    policy = SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at)
+    with Store(filled.store) as store:
+        first = sleep(store, registry, policy, quick("opsd"), tmp_path / "1", model_dir, False)
+        if first.version.status != "promoted":  # an operator overrides the gate
+            registry.promote(first.version.id, reason="test: continue from the adapter")
+        second = sleep(store, registry, policy, quick(method), tmp_path / "2", show_progress=False)
+    assert second.parent.id == first.version.id and second.parent.adapter is not None
+    assert second.version.base == first.version.base  # one base, one adapter per lineage
+    assert second.version.adapter == str(tmp_path / "2" / "candidate")
+    trained = json.loads((Path(second.version.adapter) / "adapter_config.json").read_text())
+    parent = json.loads((Path(first.version.adapter or "") / "adapter_config.json").read_text())
+    assert trained["r"] == parent["r"]
+
+
 def test_tenant_b_learns_only_from_its_own_sessions(
     tmp_path: Path, filled: Filled, model_dir: Path
 ) -> None:

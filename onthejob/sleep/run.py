@@ -20,8 +20,8 @@ Design decisions:
 
 - The candidate is a LoRA adapter on the parent's base model: a fresh one when the parent
   is a base model, else the parent's adapter trained further (the trainers' "fixed"
-  teacher is then the parent's weights as they started, and "sft_teacher" samples a merged
-  copy of the parent), so a tenant's lineage is one adapter over one base.
+  teacher is then the parent's weights as they started, and "sft_teacher" samples the
+  parent as loaded), so a tenant's lineage is one adapter over one base.
 - A tenant without a promoted version starts from a model directory registered and
   promoted as its base version, as `onthejob serve` does.
 - The parent is measured again in every sleep, not read from the registry: the targets
@@ -310,14 +310,8 @@ def _train(
             examples = transcript_examples(
                 [[_message(t) for t in s.turns] for s in selected if not uses_tools(s.turns)]
             )
-        else:  # the teacher is the parent: under an adapter, a merged copy of it
-            teacher = model
-            if parent.adapter is not None:
-                merged, _ = load_version(parent, config.device, trainable=False)
-                teacher = merged.merge_and_unload()  # type: ignore[operator]
-            examples = teacher_sample_examples(
-                teacher, tokenizer, [probe_of(q) for q in plan.probes]
-            )
+        else:  # the parent answers with the context, before any training
+            examples = teacher_sample_examples(model, tokenizer, [probe_of(q) for q in plan.probes])
         if not examples:
             raise SleepError(f"{config.method}: the selected sessions give no example to train on")
         sft_result = sft(

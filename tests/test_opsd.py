@@ -32,6 +32,7 @@ from onthejob.train.opsd import (
     sampled_token_loss,
     teacher_messages,
 )
+from tests.resume_support import crash_then_resume
 
 from .conftest import TINY
 
@@ -418,51 +419,14 @@ def test_resume_after_a_crash_equals_a_straight_run(tokenizer, tmp_path, monkeyp
         checkpoint_every=2,
         lora_rank=4,
     )
-    straight = distill(
-        _sharp_model(tokenizer),
-        tokenizer,
-        _probes(),
-        config,
-        run_dir=tmp_path / "a",
-        show_progress=False,
-    )
-    real_step = opsd.opsd_step
 
-    def crash_at_three(run, step):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real_step(run, step)
-
-    monkeypatch.setattr(opsd, "opsd_step", crash_at_three)
-    with pytest.raises(KeyboardInterrupt):
-        distill(
-            _sharp_model(tokenizer),
-            tokenizer,
-            _probes(),
-            config,
-            run_dir=tmp_path / "b",
-            show_progress=False,
+    def run(run_dir, resume):
+        model = _sharp_model(tokenizer)
+        return distill(
+            model, tokenizer, _probes(), config, run_dir=run_dir, show_progress=False, resume=resume
         )
-    monkeypatch.setattr(opsd, "opsd_step", real_step)
-    resumed = distill(
-        _sharp_model(tokenizer),
-        tokenizer,
-        _probes(),
-        config,
-        run_dir=tmp_path / "b",
-        show_progress=False,
-        resume=True,
-    )
-    assert resumed.tokens == straight.tokens
-    for (name, a), (_, b) in zip(
-        straight.model.named_parameters(), resumed.model.named_parameters(), strict=True
-    ):
-        if "lora" in name:
-            torch.testing.assert_close(a, b, msg=name)
-    steps = [
-        json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert steps == [1, 2, 3, 4]
+
+    crash_then_resume(run, opsd, "opsd_step", 3, tmp_path, monkeypatch)
 
 
 def test_a_model_with_an_adapter_trains_it_further_against_its_starting_self(tokenizer):

@@ -24,6 +24,7 @@ from onthejob.train.sft import (
     teacher_sample_examples,
     transcript_examples,
 )
+from tests.resume_support import crash_then_resume
 
 from .conftest import TINY
 from .test_opsd import _sharp_model
@@ -205,41 +206,19 @@ def test_run_logs_saves_loads_back_and_resumes(tokenizer, tmp_path, monkeypatch)
             loaded(input_ids=ids).logits, straight.model(input_ids=ids).logits
         )
 
-    real_step = sft_module.sft_step
-    calls = []
-
-    def crash_in_step_three(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(sft_module, "sft_step", crash_in_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        sft(
-            build_model(TINY, tokenizer, seed=0),
+    def run(run_dir, resume):
+        model = build_model(TINY, tokenizer, seed=0)
+        return sft(
+            model,
             tokenizer,
             _examples(),
             config,
-            run_dir=tmp_path / "b",
+            run_dir=run_dir,
             show_progress=False,
+            resume=resume,
         )
-    monkeypatch.setattr(sft_module, "sft_step", real_step)
-    resumed = sft(
-        build_model(TINY, tokenizer, seed=0),
-        tokenizer,
-        _examples(),
-        config,
-        run_dir=tmp_path / "b",
-        show_progress=False,
-        resume=True,
-    )
-    assert resumed.tokens == straight.tokens
-    for (name, a), (_, b) in zip(
-        straight.model.named_parameters(), resumed.model.named_parameters(), strict=True
-    ):
-        if "lora" in name:
-            torch.testing.assert_close(a, b, msg=name)
+
+    crash_then_resume(run, sft_module, "sft_step", 3, tmp_path, monkeypatch)
 
 
 def test_errors_are_one_line(tokenizer, tiny_model):

@@ -57,7 +57,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -77,14 +76,8 @@ from onthejob.models.fast import base_causal_lm
 from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora
 from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
 from onthejob.sampling import SamplingConfig
-from onthejob.train.checkpoint import (
-    CHECKPOINT,
-    adamw,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from onthejob.train.pretrain import onthejob_home, truncate_log
+from onthejob.train.checkpoint import adamw, resume_run, save_checkpoint
+from onthejob.train.pretrain import onthejob_home
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -600,20 +593,8 @@ def train(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
     )
 
-    start = 0
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None and not resume:  # a fresh run: never resume someone's stale state
-        for stale in (checkpoint, checkpoint.with_name(CHECKPOINT + ".old")):
-            shutil.rmtree(stale, ignore_errors=True)
-        checkpoint = None
-    if checkpoint is not None:
-        start, extra = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        if extra.get("config_key") != config.key():
-            raise ValueError(
-                f"{run_dir} holds a run of another config; drop --resume or pick another --run-dir"
-            )
+    start, _ = resume_run(run_dir, model, optimizer, scheduler, config.key(), resume)
     log_path = run_dir / "metrics.jsonl"
-    truncate_log(log_path, start)
     eval_path = run_dir / "eval.json"
     record_eval: dict[str, Any] = {}
     if start > 0 and eval_path.is_file():

@@ -63,7 +63,6 @@ import hashlib
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -81,15 +80,8 @@ from onthejob.models.fast import base_causal_lm
 from onthejob.models.logprobs import gather_logprobs
 from onthejob.models.tokenizer import chat_prompt_ids
 from onthejob.sampling import SamplingConfig, sample
-from onthejob.train.checkpoint import (
-    CHECKPOINT,
-    adamw,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from onthejob.train.checkpoint import adamw, after_step, budget_left, resume_run
 from onthejob.train.grpo import ConfigError
-from onthejob.train.pretrain import truncate_log
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled")
@@ -596,20 +588,8 @@ def distill(
 
     start, tokens = 0, 0
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is not None and not resume:  # a fresh run never resumes stale state
-            for stale in (checkpoint, checkpoint.with_name(CHECKPOINT + ".old")):
-                shutil.rmtree(stale, ignore_errors=True)
-            checkpoint = None
-        if checkpoint is not None:
-            start, extra = load_checkpoint(checkpoint, saved, optimizer, None)
-            if extra.get("config_key") != config.key():
-                raise ValueError(
-                    f"{run_dir} holds a run of another config; drop resume or pick another run_dir"
-                )
-            tokens = int(extra["tokens"])
-        truncate_log(run_dir / "metrics.jsonl", start)
+        start, extra = resume_run(run_dir, saved, optimizer, None, config.key(), resume)
+        tokens = int(extra.get("tokens", 0))
 
     history: list[dict[str, Any]] = []
     record: dict[str, Any] = {}
@@ -628,24 +608,13 @@ def distill(
         bar = progress.add_task(
             "opsd", total=config.steps, completed=start, divergence=float("nan")
         )
-        while step < config.steps and (config.token_budget is None or tokens < config.token_budget):
+        while budget_left(config, step, tokens):
             record = opsd_step(run, step)
             step += 1
             tokens += record["tokens"]
             record["tokens_total"] = tokens
-            last = step == config.steps or (
-                config.token_budget is not None and tokens >= config.token_budget
-            )
-            if step % config.log_every == 0 or last:
-                history.append(record)
-                if run_dir is not None:
-                    with (run_dir / "metrics.jsonl").open("a") as log:
-                        log.write(json.dumps(record) + "\n")
+            after_step(config, run_dir, saved, optimizer, record, history, step, tokens)
             progress.update(bar, completed=step, divergence=record["divergence"])
-            every = config.checkpoint_every
-            if run_dir is not None and every > 0 and (step % every == 0 or last):
-                extra = {"config_key": config.key(), "tokens": tokens}
-                save_checkpoint(run_dir, saved, optimizer, None, step, extra)
     seconds = time.perf_counter() - started
     student.eval()
     if out_dir is not None:

@@ -33,7 +33,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from onthejob import curriculum
 from onthejob.curriculum import CurriculumConfig, EpisodePools
 from onthejob.models import TinyConfig, build_model, render_chat, save_model, train_tokenizer
-from onthejob.train.checkpoint import adamw, latest_checkpoint, load_checkpoint, save_checkpoint
+from onthejob.train.checkpoint import adamw, latest_checkpoint, resume_run, save_checkpoint
 
 CURRICULUM_VERSION = "3"
 
@@ -169,22 +169,6 @@ def build_tokenizer(config: PretrainConfig, data: curriculum.Curriculum) -> PreT
     return train_tokenizer(texts, vocab_size=config.vocab_size)
 
 
-def truncate_log(log_path: Path, step: int) -> None:
-    """Keep only the metric lines of steps <= step: a resumed run rewrites the steps after its
-    checkpoint, and a line torn by a kill mid-write always lies after the checkpoint."""
-    if not log_path.exists():
-        return
-    kept = []
-    for line in log_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record["step"] <= step:
-            kept.append(line)
-    log_path.write_text("".join(line + "\n" for line in kept))
-
-
 def pretrain(
     config: PretrainConfig,
     out_dir: Path | None = None,
@@ -213,12 +197,8 @@ def pretrain(
     optimizer = adamw(model.parameters(), config.lr, config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
 
-    start = 0
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is not None:
-        start, _ = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    start, _ = resume_run(run_dir, model, optimizer, scheduler, config.key(), resume)
     log_path = run_dir / "metrics.jsonl"
-    truncate_log(log_path, start)
     model.train()
     pad_id = tokenizer.pad_token_id
     t0 = time.time()
@@ -276,7 +256,9 @@ def pretrain(
                 on_step(step + 1, model, tokenizer)
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
                 log.flush()
-                save_checkpoint(run_dir, model, optimizer, scheduler, step + 1)
+                save_checkpoint(
+                    run_dir, model, optimizer, scheduler, step + 1, {"config_key": config.key()}
+                )
     model.eval()
     save_model(model, tokenizer, out_dir)
     (out_dir / "pretrain_config.json").write_text(json.dumps(asdict(config), indent=2))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,16 +43,10 @@ from onthejob.curriculum import Example
 from onthejob.models import LoraSettings, save_model
 from onthejob.models.fast import base_causal_lm
 from onthejob.sampling import SamplingConfig, sample
-from onthejob.train.checkpoint import (
-    CHECKPOINT,
-    adamw,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from onthejob.train.checkpoint import adamw, after_step, budget_left, resume_run
 from onthejob.train.grpo import ConfigError
 from onthejob.train.opsd import Probe, epoch_indices, prepare_student, probe_prompts
-from onthejob.train.pretrain import collate, encode_example, truncate_log, weighted_lm_loss
+from onthejob.train.pretrain import collate, encode_example, weighted_lm_loss
 
 TIMING_FIELDS = ("step_s", "tokens_per_s")
 """Metric fields that measure time; every other field is reproducible for a seed."""
@@ -292,20 +285,8 @@ def sft(
 
     start, tokens = 0, 0
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is not None and not resume:  # a fresh run never resumes stale state
-            for stale in (checkpoint, checkpoint.with_name(CHECKPOINT + ".old")):
-                shutil.rmtree(stale, ignore_errors=True)
-            checkpoint = None
-        if checkpoint is not None:
-            start, extra = load_checkpoint(checkpoint, student, optimizer, None)
-            if extra.get("config_key") != config.key():
-                raise ValueError(
-                    f"{run_dir} holds a run of another config; drop resume or pick another run_dir"
-                )
-            tokens = int(extra["tokens"])
-        truncate_log(run_dir / "metrics.jsonl", start)
+        start, extra = resume_run(run_dir, student, optimizer, None, config.key(), resume)
+        tokens = int(extra.get("tokens", 0))
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     history: list[dict[str, Any]] = []
@@ -321,7 +302,7 @@ def sft(
         disable=not show_progress,
     ) as progress:
         bar = progress.add_task("sft", total=config.steps, completed=start, loss=float("nan"))
-        while step < config.steps and (config.token_budget is None or tokens < config.token_budget):
+        while budget_left(config, step, tokens):
             chosen = epoch_indices(len(rows), config.batch_size, config.seed, step, salt="sft")
             batch = [rows[i] for i in chosen]
             record = {
@@ -331,19 +312,8 @@ def sft(
             step += 1
             tokens += record["tokens"]
             record["tokens_total"] = tokens
-            last = step == config.steps or (
-                config.token_budget is not None and tokens >= config.token_budget
-            )
-            if step % config.log_every == 0 or last:
-                history.append(record)
-                if run_dir is not None:
-                    with (run_dir / "metrics.jsonl").open("a") as log:
-                        log.write(json.dumps(record) + "\n")
+            after_step(config, run_dir, student, optimizer, record, history, step, tokens)
             progress.update(bar, completed=step, loss=record["loss"])
-            every = config.checkpoint_every
-            if run_dir is not None and every > 0 and (step % every == 0 or last):
-                extra = {"config_key": config.key(), "tokens": tokens}
-                save_checkpoint(run_dir, student, optimizer, None, step, extra)
     seconds = time.perf_counter() - started
     student.eval()
     if out_dir is not None:

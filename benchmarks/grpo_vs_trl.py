@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -62,24 +61,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.utils import logging as hf_logging
+from side_by_side import (
+    per_step_seconds,
+    prepare_process,
+    print_settings,
+    resolve_model_dir,
+    step_clock,
+)
 
 from onthejob import curriculum
 from onthejob.curriculum import available_tasks
 from onthejob.envs import Task, make_env
 from onthejob.models import (
-    TinyConfig,
-    build_model,
     count_parameters,
     end_token_ids,
     load_model,
     render_chat,
-    save_model,
-    train_tokenizer,
 )
 from onthejob.prompts import agent_opening
 from onthejob.train.grpo import GRPOConfig, train
-from onthejob.train.pretrain import PretrainConfig, default_model_dir, onthejob_home
 
 ENV = "arith"
 DIFFICULTY = 1
@@ -105,22 +105,6 @@ class SideResult:
 
 
 # ---------------------------------------------------------------------------- model and tasks
-
-
-def resolve_model_dir(arg: str | None, scratch: Path) -> tuple[Path, str]:
-    """The model to train and how it was chosen: --model, the cached default, or a fresh one."""
-    if arg:
-        return Path(arg), "given"
-    cached = default_model_dir()
-    if cached.is_dir():
-        return cached, "pretrained default"
-    older = sorted((onthejob_home() / "models").glob("default-*"), key=lambda p: p.stat().st_mtime)
-    if older:
-        return older[-1], f"pretrained default of an older config ({cached.name} is not built)"
-    path = scratch / "fresh-model"
-    tokenizer = train_tokenizer(arith_texts(), vocab_size=PretrainConfig().vocab_size)
-    save_model(build_model(TinyConfig(), tokenizer), tokenizer, path)
-    return path, "fresh TinyConfig() model (no pretrained default is cached)"
 
 
 def arith_texts() -> list[str]:
@@ -154,7 +138,6 @@ def arith_reward(task: Task, text: str) -> float:
 def run_trl(model_dir: Path, tasks: list[Task], args: argparse.Namespace, out: Path) -> SideResult:
     """TRL's GRPOTrainer on the tasks; each step timed by a callback."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
@@ -173,13 +156,6 @@ def run_trl(model_dir: Path, tasks: list[Task], args: argparse.Namespace, out: P
         result.rewards.append(statistics.mean(rewards))
         result.completion_tokens.append(statistics.mean(len(ids) for ids in completion_ids))
         return rewards
-
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, *_: Any, **__: Any) -> None:
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *_: Any, **__: Any) -> None:
-            result.step_seconds.append(time.perf_counter() - self.started)
 
     config = TRLConfig(
         output_dir=str(out),
@@ -227,7 +203,7 @@ def run_trl(model_dir: Path, tasks: list[Task], args: argparse.Namespace, out: P
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[StepClock()],
+        callbacks=[step_clock(result.step_seconds)],
     )
     generation = trainer.generation_config
     schedule = getattr(trainer.args.lr_scheduler_type, "value", trainer.args.lr_scheduler_type)
@@ -336,25 +312,14 @@ def check_same_prompts(model_dir: Path, tasks: list[Task]) -> None:
             )
 
 
-def per_step_seconds(result: SideResult) -> float:
-    """Median seconds per step, the first (warm-up) step left out when there are more."""
-    timed = result.step_seconds[1:] or result.step_seconds
-    return statistics.median(timed)
-
-
 def print_results(results: list[SideResult], window: int) -> None:
-    names = [r.name for r in results]
-    keys = list(results[0].settings)
-    print(f"\n{'setting':24s}" + "".join(f"{n:>44s}" for n in names))
-    for key in keys:
-        print(f"{key:24s}" + "".join(f"{str(r.settings.get(key, '-')):>44s}" for r in results))
-    print()
+    print_settings([r.name for r in results], [r.settings for r in results])
     for r in results:
         last = r.rewards[-window:]
         seconds = ", ".join(f"{s:.2f}" for s in r.step_seconds)
         rewards = ", ".join(f"{x:.2f}" for x in r.rewards)
         print(
-            f"{r.name:9s} {per_step_seconds(r):6.2f} s/step (median of steps 2-{len(r.step_seconds)}), "
+            f"{r.name:9s} {per_step_seconds(r.step_seconds):6.2f} s/step (median of steps 2-{len(r.step_seconds)}), "
             f"reward {statistics.mean(last):.3f} (mean of the last {len(last)} steps), "
             f"mean completion {statistics.mean(r.completion_tokens):.1f} tokens, "
             f"scoring {statistics.median(r.scoring_seconds):.2f} s/step, "
@@ -391,20 +356,10 @@ def main() -> None:
         help="run one side only (a quick check; no speedup line)",
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    hf_logging.disable_progress_bar()  # the weight-loading bars, once per load
-
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores / 2:
-        print(
-            f"note: load average {load:.1f} on {cores} cores before starting: other processes "
-            f"compete for the CPU; timings will be noisy"
-        )
+    prepare_process(args.threads)
     with tempfile.TemporaryDirectory(prefix="grpo_vs_trl-") as scratch:
         scratch_dir = Path(scratch)
-        model_dir, how = resolve_model_dir(args.model, scratch_dir)
+        model_dir, how = resolve_model_dir(args.model, scratch_dir, arith_texts)
         model, tokenizer = load_model(model_dir)
         print(
             f"model: {model_dir} ({how}), {count_parameters(model) / 1e6:.2f}M parameters, "
@@ -425,7 +380,9 @@ def main() -> None:
     print_results(results, args.reward_window)
     if args.only is None:
         trl, ours = results
-        print(f"speedup: {per_step_seconds(trl) / per_step_seconds(ours):.2f}")
+        print(
+            f"speedup: {per_step_seconds(trl.step_seconds) / per_step_seconds(ours.step_seconds):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ Not matched, by design or because the two differ in kind:
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import tempfile
@@ -60,20 +59,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.utils import logging as hf_logging
+from side_by_side import (
+    per_step_seconds,
+    prepare_process,
+    print_settings,
+    resolve_model_dir,
+    step_clock,
+)
 
 from onthejob import curriculum
 from onthejob.models import (
-    TinyConfig,
-    build_model,
     count_parameters,
     load_model,
-    save_model,
-    train_tokenizer,
 )
 from onthejob.prompts import KNOWLEDGE_SYSTEM
 from onthejob.train.opsd import NOTES, OPSDConfig, Probe, distill, probe_prompts, teacher_messages
-from onthejob.train.pretrain import PretrainConfig, default_model_dir, onthejob_home
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -98,26 +98,14 @@ class SideResult:
 # ---------------------------------------------------------------------------- model and probes
 
 
-def resolve_model_dir(arg: str | None, scratch: Path) -> tuple[Path, str]:
-    """The model to train and how it was chosen: --model, the cached default, or a fresh one."""
-    if arg:
-        return Path(arg), "given"
-    cached = default_model_dir()
-    if cached.is_dir():
-        return cached, "pretrained default"
-    older = sorted((onthejob_home() / "models").glob("default-*"), key=lambda p: p.stat().st_mtime)
-    if older:
-        return older[-1], f"pretrained default of an older config ({cached.name} is not built)"
-    path = scratch / "fresh-model"
+def knowledge_texts() -> list[str]:
+    """Chat text of knowledge questions, to train a tokenizer for a fresh model."""
     rng = random.Random(0)
-    texts = [
+    return [
         m["content"]
         for _ in range(1500)
         for m in curriculum.knowledge_example(rng, rng.randint(8, 12), pasted=False).messages
     ]
-    tokenizer = train_tokenizer(texts, vocab_size=PretrainConfig().vocab_size)
-    save_model(build_model(TinyConfig(), tokenizer), tokenizer, path)
-    return path, "fresh TinyConfig() model (no pretrained default is cached)"
 
 
 def knowledge_probes(n: int, seed: int) -> list[Probe]:
@@ -145,7 +133,6 @@ def run_trl(
     """TRL's GKDTrainer, its teacher fed the probe's context; each step timed by a callback."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
     from trl.experimental.utils import DataCollatorForChatML
 
@@ -211,13 +198,6 @@ def run_trl(
             result.completion_tokens.append(float((labels != -100).sum()) / len(labels))
             return (loss, student) if return_outputs else loss
 
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, *_: Any, **__: Any) -> None:
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *_: Any, **__: Any) -> None:
-            result.step_seconds.append(time.perf_counter() - self.started)
-
     rows = args.probes * args.samples
     config = GKDConfig(
         output_dir=str(out),
@@ -274,7 +254,7 @@ def run_trl(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[StepClock()],
+        callbacks=[step_clock(result.step_seconds)],
     )
     generation = trainer.generation_config
     result.settings = {
@@ -373,20 +353,11 @@ def check_same_prompts(model_dir: Path, probes: list[Probe]) -> None:
             )
 
 
-def per_step_seconds(result: SideResult) -> float:
-    """Median seconds per step, the first (warm-up) step left out when there are more."""
-    return statistics.median(result.step_seconds[1:] or result.step_seconds)
-
-
 def print_results(results: list[SideResult]) -> None:
-    names = [r.name for r in results]
-    print(f"\n{'setting':28s}" + "".join(f"{n:>44s}" for n in names))
-    for key in results[0].settings:
-        print(f"{key:28s}" + "".join(f"{str(r.settings.get(key, '-')):>44s}" for r in results))
-    print()
+    print_settings([r.name for r in results], [r.settings for r in results])
     for r in results:
         print(
-            f"{r.name:9s} {per_step_seconds(r):6.3f} s/step (median of steps 2-{len(r.step_seconds)}), "
+            f"{r.name:9s} {per_step_seconds(r.step_seconds):6.3f} s/step (median of steps 2-{len(r.step_seconds)}), "
             f"loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f}, "
             f"mean completion {statistics.mean(r.completion_tokens):.1f} tokens, "
             f"whole run {r.total_seconds:.1f} s"
@@ -411,21 +382,10 @@ def main() -> None:
         "--only", choices=("trl", "onthejob"), default=None, help="run one side only"
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores / 2:
-        print(
-            f"note: load average {load:.1f} on {cores} cores before starting: other processes "
-            f"compete for the CPU; timings will be noisy"
-        )
+    prepare_process(args.threads)
     with tempfile.TemporaryDirectory(prefix="opsd_vs_trl-") as scratch:
         scratch_dir = Path(scratch)
-        model_dir, how = resolve_model_dir(args.model, scratch_dir)
+        model_dir, how = resolve_model_dir(args.model, scratch_dir, knowledge_texts)
         model, tokenizer = load_model(model_dir)
         print(
             f"model: {model_dir} ({how}), {count_parameters(model) / 1e6:.2f}M parameters, "
@@ -448,7 +408,9 @@ def main() -> None:
     print_results(results)
     if args.only is None:
         trl, ours = results
-        print(f"speedup: {per_step_seconds(trl) / per_step_seconds(ours):.2f}")
+        print(
+            f"speedup: {per_step_seconds(trl.step_seconds) / per_step_seconds(ours.step_seconds):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""What the side-by-side benchmarks share: the model they run, the CPU they run on, and
+how a trainer's steps are timed and compared.
+
+Covers: picking the model (`--model`, the cached pretrained default, the newest cached
+default of an older config, else a fresh `TinyConfig()` model with a tokenizer trained
+on text the benchmark gives), a warning when other processes load the CPU, the
+callback that times a Hugging Face `Trainer`'s steps, the per-step statistic compared
+(median, first step left out as warm-up) and the settings table printed above the
+numbers. Not covered: what each benchmark runs; each script says so in its docstring.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from onthejob.models import TinyConfig, build_model, save_model, train_tokenizer
+from onthejob.train.pretrain import PretrainConfig, default_model_dir, onthejob_home
+
+
+def prepare_process(threads: int) -> None:
+    """Torch threads (0: torch's own choice), quiet HF loading, and a note if the CPU is busy."""
+    if threads:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores / 2:
+        print(
+            f"note: load average {load:.1f} on {cores} cores before starting: other processes "
+            f"compete for the CPU; timings will be noisy"
+        )
+
+
+def resolve_model_dir(
+    arg: str | None, scratch: Path, tokenizer_texts: Callable[[], list[str]]
+) -> tuple[Path, str]:
+    """The model to train and how it was chosen: --model, the cached default, or a fresh one
+    (its tokenizer trained on tokenizer_texts(), its weights random)."""
+    if arg:
+        return Path(arg), "given"
+    cached = default_model_dir()
+    if cached.is_dir():
+        return cached, "pretrained default"
+    older = sorted((onthejob_home() / "models").glob("default-*"), key=lambda p: p.stat().st_mtime)
+    if older:
+        return older[-1], f"pretrained default of an older config ({cached.name} is not built)"
+    path = scratch / "fresh-model"
+    tokenizer = train_tokenizer(tokenizer_texts(), vocab_size=PretrainConfig().vocab_size)
+    save_model(build_model(TinyConfig(), tokenizer), tokenizer, path)
+    return path, "fresh TinyConfig() model (no pretrained default is cached)"
+
+
+def step_clock(step_seconds: list[float]) -> Any:
+    """A transformers TrainerCallback appending each optimizer step's wall seconds
+    (on_step_begin to on_step_end) to step_seconds."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            step_seconds.append(time.perf_counter() - self.started)
+
+    return StepClock()
+
+
+def per_step_seconds(step_seconds: Sequence[float]) -> float:
+    """Median seconds per step, the first (warm-up) step left out when there are more."""
+    return statistics.median(step_seconds[1:] or step_seconds)
+
+
+def print_settings(names: Sequence[str], settings: Sequence[Mapping[str, Any]]) -> None:
+    """One row per setting of the first side, one column per side ('-' where a side lacks it)."""
+    width = max(len(key) for key in settings[0]) + 2
+    print(f"\n{'setting':{width}s}" + "".join(f"{name:>44s}" for name in names))
+    for key in settings[0]:
+        print(f"{key:{width}s}" + "".join(f"{str(s.get(key, '-')):>44s}" for s in settings))
+    print()

@@ -50,6 +50,7 @@ Not matched, by design or because the two differ in kind:
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import statistics
 import tempfile
@@ -403,6 +404,7 @@ def main() -> None:
         results = []
         if args.only in (None, "trl"):
             results.append(run_trl(model_dir, probes, args, scratch_dir / "trl"))
+            gc.collect()  # TRL's trainer, models and generation cache go before onthejob starts
         if args.only in (None, "onthejob"):
             results.append(run_onthejob(model_dir, probes, args))
     print_results(results)

@@ -357,7 +357,8 @@ def sample(
     order = sorted(range(len(checked)), key=lambda i: len(checked[i]))
 
     training = [(m, m.training) for m in model.modules()]
-    model.eval()  # no dropout while sampling, adapters included
+    if model.training:  # no dropout while sampling, adapters included (a no-op costs ~1.5 ms)
+        model.eval()
     try:
         with torch.inference_mode():
             input_ids, attention_mask = _left_pad([checked[i] for i in order], pad_id, device)

@@ -439,3 +439,26 @@ def test_prompt_too_long_for_the_model(model, tokenizer):
     with pytest.raises(ValueError, match=f"exceeds the model's {limit} positions"):
         sample(model, tokenizer, [[5], [5] * (limit - 5)], config)
     sample(model, tokenizer, [[5] * (limit - 10)], config)  # exactly fits
+
+
+def test_identical_prompts_are_prefilled_once_and_sample_as_if_each_ran(
+    model, tokenizer, prompts, monkeypatch
+):
+    batch = [prompts[0], prompts[1], prompts[0], prompts[0], prompts[1]]
+    greedy = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    alone = [sample(model, tokenizer, [p], greedy).token_ids[0] for p in batch[:2]]
+    prefilled = []
+    original = LeanDecoder._prefill_rows
+
+    def counting(self, rows, input_ids, attention_mask):
+        prefilled.append(len(input_ids))
+        return original(self, rows, input_ids, attention_mask)
+
+    monkeypatch.setattr(LeanDecoder, "_prefill_rows", counting)
+    together = sample(model, tokenizer, batch, greedy).token_ids
+    assert sum(prefilled) == 2
+    assert together == [alone[0], alone[1], alone[0], alone[0], alone[1]]
+    seeded = SamplingConfig(max_new_tokens=10, seed=3)
+    rows = sample(model, tokenizer, batch, seeded).token_ids
+    assert rows == sample(model, tokenizer, batch, seeded).token_ids
+    assert len({tuple(rows[i]) for i in (0, 2, 3)}) > 1  # copies share a prompt, not samples

@@ -270,30 +270,46 @@ class LeanDecoder:
     ) -> torch.Tensor:
         """Run the left-padded prompts [B, L]; fill the cache; float32 logits [B, V] of the last position.
 
-        Rows go through in chunks of `chunk_rows` (0: an eighth of the batch, at least 8),
-        each cut to its own longest prompt, so sorting the prompts by length first saves
-        most of the padding's compute.
+        Identical rows (GRPO's G rollouts of a task, OPSD's samples of a probe) run once:
+        the distinct prompts fill the first cache rows, which are then copied to every row
+        that repeats them. Rows go through in chunks of `chunk_rows` (0: an eighth of the
+        distinct rows, at least 8), each cut to its own longest prompt, so sorting the
+        prompts by length first saves most of the padding's compute.
         """
         b, length = input_ids.shape
         if b != self.batch_size or length >= self.max_len:
             raise ValueError(f"prefill of shape {tuple(input_ids.shape)} does not fit the cache")
-        chunk_rows = chunk_rows or max(8, b // 8)
         self.key_bias.zero_()
         self.key_bias[..., :length].masked_fill_(
             (attention_mask == 0)[:, None, None], float("-inf")
         )
         self.positions = attention_mask.long().sum(-1)
         self.length = length
+        rows_and_mask = torch.cat([input_ids, attention_mask.long()], dim=1)
+        _, copy_of = torch.unique(rows_and_mask, dim=0, return_inverse=True)
+        n = int(copy_of.max()) + 1
+        # Distinct rows in order of first appearance (the caller's length order is kept).
+        every = torch.arange(b, device=input_ids.device)
+        first = torch.full((n,), b, device=input_ids.device).scatter_reduce(
+            0, copy_of, every, "amin"
+        )
+        order = first.argsort()
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n, device=input_ids.device)
+        copy_of = rank[copy_of]
+        ids, mask = input_ids[first[order]], attention_mask[first[order]]
+        chunk_rows = chunk_rows or max(8, n // 8)
         logits = []
-        for start in range(0, b, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            width = int(attention_mask[rows].sum(-1).max())
-            chunk_ids, chunk_mask = (
-                input_ids[rows, length - width :],
-                attention_mask[rows, length - width :],
+        for start in range(0, n, chunk_rows):
+            rows = slice(start, min(start + chunk_rows, n))
+            width = int(mask[rows].sum(-1).max())
+            logits.append(
+                self._prefill_rows(rows, ids[rows, length - width :], mask[rows, length - width :])
             )
-            logits.append(self._prefill_rows(rows, chunk_ids, chunk_mask))
-        return torch.cat(logits)
+        if n < b:
+            for cache in (*self.keys, *self.values):
+                cache[:, :, :length] = cache[copy_of, :, :length]
+        return torch.cat(logits)[copy_of]
 
     def _prefill_rows(
         self, rows: slice, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -651,7 +651,8 @@ def opsd_step(run: _Run, step: int) -> dict[str, Any]:
     for lo in range(0, len(chosen), per_micro):
         probes = chosen[lo : lo + per_micro]
         completions = groups[lo : lo + per_micro]
-        student.eval()
+        if student.training:  # the teacher computes without dropout
+            student.eval()
         with torch.no_grad(), run.teacher.weights() as teacher:
             teacher_logits = completion_logits(
                 teacher, [run.prompts[i][1] for i in probes], completions, pad_id

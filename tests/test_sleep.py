@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from onthejob import knowledge
 from onthejob.cli import main
 from onthejob.knowledge import Convention, Fact, Procedure
-from onthejob.models import build_model, save_model
+from onthejob.models import build_model, load_model, save_model
 from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM, SHOP_TOOL, TOOLS_HEADER, tool_line
 from onthejob.registry import Registry
 from onthejob.sleep import (
@@ -39,6 +40,10 @@ from onthejob.sleep import (
     split_correction,
     student_messages,
 )
+from onthejob.sleep import run as sleep_run
+from onthejob.sleep.gate import no_context_recall
+from onthejob.sleep.plan import SleepQuestion
+from onthejob.sleep.run import load_version
 from onthejob.store import NewTurn, Store
 from onthejob.train.opsd import OPSDConfig
 from onthejob.train.sft import SFTConfig, SFTExample, sft
@@ -654,6 +659,118 @@ def test_knowledge_of_earlier_sleeps_joins_the_guard(
     version = registry.get(result.version.id)
     assert version.config["guard"]["earlier"] == len(earlier)  # not the updated item
     assert version.evals["guard"]["earlier knowledge"] == result.guard_after["earlier knowledge"]
+
+
+def _memorized_parent(tmp_path: Path, registry: Registry, model_dir: Path) -> tuple[str, list]:
+    """A promoted parent that knows three earlier facts by heart (full fine-tuning on them,
+    no context), recorded as an earlier sleep's targets so they join the guard."""
+    elsewhere = ORG_A.knowledge_at(0).documents[1]
+    earlier = [knowledge.question(item, random.Random(7)) for item in elsewhere.items[:3]]
+    chats = [
+        SFTExample(
+            (*student_messages(q.text), {"role": "assistant", "content": q.answer}),
+            (False, False, True),
+        )
+        for q in earlier
+    ]
+    model, tokenizer = load_model(model_dir)
+    taught = sft(
+        model,
+        tokenizer,
+        chats,
+        SFTConfig(steps=40, batch_size=3, lr=1e-2, lora=False),
+        show_progress=False,
+    )
+    path = tmp_path / "parent"
+    save_model(taught.model, tokenizer, path)  # type: ignore[arg-type]
+    version = registry.register(
+        ORG_A.tenant,
+        path,
+        method="sft",
+        config={"targets": [[q.text, q.answer] for q in earlier]},
+    )
+    return registry.promote(version.id, reason="test: knows the earlier facts").id, earlier
+
+
+def test_the_gate_rejects_a_deliberately_broken_candidate(
+    tmp_path: Path, filled: Filled, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidate's adapter is scrambled after training: the parent's earlier knowledge
+    (recalled perfectly before) is gone, so the gate rejects it and the tenant keeps its
+    promoted version."""
+    registry = Registry(tmp_path / "registry.sqlite")
+    parent_id, earlier = _memorized_parent(tmp_path, registry, model_dir)
+    real_distill = sleep_run.distill
+
+    def broken_distill(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_distill(*args, **kwargs)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, param in result.model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator))
+        save_model(result.model, args[1], kwargs["out_dir"])
+        return result
+
+    monkeypatch.setattr(sleep_run, "distill", broken_distill)
+    with Store(filled.store) as store:
+        result = sleep(
+            store,
+            registry,
+            SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at),
+            quick("opsd"),
+            tmp_path / "run",
+            show_progress=False,
+        )
+    assert result.parent.id == parent_id and result.guard_before["earlier knowledge"] == 1.0
+    assert result.guard_after["earlier knowledge"] < 1.0 - 0.02
+    version = registry.get(result.version.id)
+    assert version.status == "rejected" and version.reason == result.decision.reason
+    assert "earlier knowledge" in version.reason or version.reason.startswith("no recall gain")
+    assert registry.promoted(ORG_A.tenant).id == parent_id
+    # what is served for the tenant still recalls every earlier fact
+    served, tokenizer = load_version(registry.promoted(ORG_A.tenant))
+    assert (
+        no_context_recall(
+            served, tokenizer, [SleepQuestion(q.text, q.answer, "", "earlier") for q in earlier]
+        )
+        == 1.0
+    )
+
+
+def test_rollback_serves_the_previous_version_again(
+    tmp_path: Path, filled: Filled, model_dir: Path
+) -> None:
+    """A promoted candidate, then a rollback: the tenant's promoted version is the parent
+    again, and loading it gives the parent's outputs, not the candidate's."""
+    registry = Registry(tmp_path / "registry.sqlite")
+    parent_id, earlier = _memorized_parent(tmp_path, registry, model_dir)
+    with Store(filled.store) as store:
+        result = sleep(
+            store,
+            registry,
+            SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at),
+            quick("opsd", opsd=replace(QUICK_OPSD, lr=0.5)),
+            tmp_path / "run",
+            show_progress=False,
+        )
+    if result.version.status != "promoted":  # an operator overrides the gate
+        registry.promote(result.version.id, reason="test: promote, then roll back")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+
+    def logits_of_promoted() -> torch.Tensor:
+        model, _ = load_version(registry.promoted(ORG_A.tenant))
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    candidate = logits_of_promoted()
+    restored = registry.rollback(ORG_A.tenant, reason="users complain", actor="test")
+    assert restored.id == parent_id
+    assert registry.get(result.version.id).status == "rolled_back"
+    parent_model, _ = load_model(tmp_path / "parent")
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of_promoted(), parent_model(input_ids=ids).logits)
+    assert not torch.allclose(candidate, logits_of_promoted())
 
 
 def test_sleep_errors_say_what_to_do(tmp_path: Path, filled: Filled, model_dir: Path) -> None:

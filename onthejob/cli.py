@@ -24,7 +24,10 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # the commands import their modules when they run (a fast start)
+    from onthejob.sleep import SleepConfig
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -435,12 +438,37 @@ def _tasks_done(sessions: list) -> str:
     return f"{sum(t.success for t in tasks)}/{len(tasks)} tasks done"
 
 
+def _sleep_config(args: argparse.Namespace) -> SleepConfig:
+    """The SleepConfig of the sleep flags (`_add_sleep_flags`)."""
+    from onthejob.sleep import PlanConfig, SleepConfig
+
+    base = SleepConfig()
+    train = {"seed": args.seed}
+    if args.steps is not None:
+        train["steps"] = args.steps
+    if args.tokens is not None:
+        train["token_budget"] = args.tokens
+    if args.lr is not None:
+        train["lr"] = args.lr
+    return SleepConfig(
+        method=args.method,
+        plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
+        opsd=replace(base.opsd, **train),
+        sft=replace(base.sft, **train),
+        gate=replace(base.gate, tolerance=args.tolerance),
+        guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
+        guard_n=args.guard_n,
+        promote=not args.no_promote,
+        device=args.device,
+    )
+
+
 def cmd_sleep(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from onthejob.registry import Registry, RegistryError, default_registry_path
-    from onthejob.sleep import PlanConfig, SelectionPolicy, SleepConfig, SleepError, sleep
+    from onthejob.sleep import SelectionPolicy, SleepError, sleep
     from onthejob.store import Store, StoreError, default_store_path
     from onthejob.train.grpo import ConfigError
     from onthejob.world import make_org
@@ -462,25 +490,7 @@ def cmd_sleep(args: argparse.Namespace) -> int:
             until=_when(args.until, "--until"),
             users=tuple(u.strip() for u in (args.users or "").split(",") if u.strip()),
         )
-        base = SleepConfig()
-        train = {"seed": args.seed}
-        if args.steps is not None:
-            train["steps"] = args.steps
-        if args.tokens is not None:
-            train["token_budget"] = args.tokens
-        if args.lr is not None:
-            train["lr"] = args.lr
-        config = SleepConfig(
-            method=args.method,
-            plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
-            opsd=replace(base.opsd, **train),
-            sft=replace(base.sft, **train),
-            gate=replace(base.gate, tolerance=args.tolerance),
-            guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
-            guard_n=args.guard_n,
-            promote=not args.no_promote,
-            device=args.device,
-        )
+        config = _sleep_config(args)
     except ConfigError as e:  # a trainer's field: name its flag
         flag = {"token_budget": "tokens"}.get(e.field, e.field).replace("_", "-")
         print(f"onthejob sleep: --{flag} {e.problem}", file=sys.stderr)
@@ -624,6 +634,126 @@ def _short(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else json.dumps(value)
 
 
+def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
+    """How a sleep trains and is judged (`onthejob sleep` and `onthejob weeks`)."""
+    p.add_argument(
+        "--method",
+        choices=("opsd", "sft_transcript", "sft_teacher", "none"),
+        default="opsd",
+        help="how to update (none: context only)",
+    )
+    p.add_argument(
+        "--hindsight", action="store_true", help="the teacher also reads the users' evaluations"
+    )
+    p.add_argument(
+        "--context",
+        choices=("document", "all"),
+        default="document",
+        help="teacher context: the document holding the item, or every note",
+    )
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--tokens", type=int, help="token budget: stop once this many are trained on")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of probes, sampling and adapter")
+    p.add_argument(
+        "--guard-envs", default="arith,program,shop", help="grindable envs of the guard suite"
+    )
+    p.add_argument("--guard-n", type=int, default=100, help="held-out tasks per guard env")
+    p.add_argument(
+        "--tolerance", type=float, default=0.02, help="most a guard score may fall (0.02: 2 points)"
+    )
+    p.add_argument("--no-promote", action="store_true", help="leave a passing candidate unpromoted")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1...")
+
+
+def cmd_weeks(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from onthejob.sleep import SleepError
+    from onthejob.train.grpo import ConfigError
+    from onthejob.train.pretrain import onthejob_home
+    from onthejob.weeks import WeeksConfig, run_weeks
+    from onthejob.world.users import UsersConfig
+
+    try:
+        config = WeeksConfig(
+            org_seed=args.org,
+            weeks=args.weeks,
+            sleep=_sleep_config(args),
+            users=UsersConfig(seed=args.seed),
+            exam=args.exam,
+        )
+    except ConfigError as e:
+        flag = {"token_budget": "tokens"}.get(e.field, e.field).replace("_", "-")
+        print(f"onthejob weeks: --{flag} {e.problem}", file=sys.stderr)
+        return 2
+    except (SleepError, ValueError) as e:
+        print(f"onthejob weeks: {e}", file=sys.stderr)
+        return 2
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = (
+        Path(args.run_dir)
+        if args.run_dir
+        else onthejob_home() / "runs" / f"weeks-{args.org}-{args.method}-{stamp}"
+    )
+    if (run_dir / "store.sqlite").exists():
+        print(
+            f"onthejob weeks: {run_dir} already holds a run (the world cannot be reset);"
+            " pick another --run-dir",
+            file=sys.stderr,
+        )
+        return 2
+    console = Console()
+    try:
+        report = run_weeks(
+            config,
+            run_dir,
+            Path(args.model) if args.model else None,
+            log=lambda line: console.print(f"[dim]{line}[/dim]") if not args.quiet else None,
+        )
+    except ValueError as e:
+        print(f"onthejob weeks: {e}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{args.weeks} weeks at org {args.org}, sleep method {args.method}")
+    for column in (
+        "week",
+        "right at work (doc / no doc)",
+        "sleep",
+        "retained",
+        "updated / stale",
+        "guard",
+    ):
+        table.add_column(column)
+    for week in report.weeks:
+        work, after = week["work"], week["after_sleep"]
+        retained = ", ".join(
+            f"w{w}: {right}/{n}" for w, (right, n) in sorted(after["retention"].items())
+        )
+        updated, changed = after["updated"]
+        guard = ", ".join(f"{name} {value:.2f}" for name, value in after["guard"].items())
+        table.add_row(
+            str(week["week"]),
+            f"{work['right_with_document']}/{work['with_document']}"
+            f" / {work['right_without_document']}/{work['without_document']}",
+            after["status"],
+            retained or "-",
+            f"{updated}/{changed} / {after['stale']}/{changed}" if changed else "-",
+            guard or "-",
+        )
+    console.print(table)
+    if report.exam is not None:
+        exam = report.exam
+        first = report.weeks[0]["work"]
+        console.print(
+            f"exam week, no documents: right {exam['right_without_document']}/"
+            f"{exam['without_document']} (week {report.weeks[0]['week']} without a document:"
+            f" {first['right_without_document']}/{first['without_document']})"
+        )
+    console.print(f"weeks.json and weeks.png in {run_dir} ({report.wall_s:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onthejob", description="agents that learn on the job")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -752,12 +882,6 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--tenant", help="the tenant whose sessions train its own adapter")
     who.add_argument("--org", type=int, help="seed of a simulated org: its tenant")
     p.add_argument(
-        "--method",
-        choices=("opsd", "sft_transcript", "sft_teacher", "none"),
-        default="opsd",
-        help="how to update (none: context only)",
-    )
-    p.add_argument(
         "--thumbs", choices=("up", "down", "any"), default="up", help="sessions by latest thumb"
     )
     p.add_argument(
@@ -766,36 +890,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="only sessions started at or after (epoch seconds or ISO date)")
     p.add_argument("--until", help="only sessions started before (epoch seconds or ISO date)")
     p.add_argument("--users", help="only these users' sessions (comma-separated)")
-    p.add_argument(
-        "--hindsight", action="store_true", help="the teacher also reads the users' evaluations"
-    )
-    p.add_argument(
-        "--context",
-        choices=("document", "all"),
-        default="document",
-        help="teacher context: the document holding the item, or every note",
-    )
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--tokens", type=int, help="token budget: stop once this many are trained on")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of probes, sampling and adapter")
-    p.add_argument(
-        "--guard-envs", default="arith,program,shop", help="grindable envs of the guard suite"
-    )
-    p.add_argument("--guard-n", type=int, default=100, help="held-out tasks per guard env")
-    p.add_argument(
-        "--tolerance", type=float, default=0.02, help="most a guard score may fall (0.02: 2 points)"
-    )
-    p.add_argument("--no-promote", action="store_true", help="leave a passing candidate unpromoted")
+    _add_sleep_flags(p)
     p.add_argument("--store", help="experience store file (default: in the cache)")
     p.add_argument("--registry", help="model registry file (default: in the cache)")
     p.add_argument(
         "--model", help="base model of a tenant with no promoted version (default: pretrained)"
     )
     p.add_argument("--run-dir", help="plan, metrics and the candidate (default: in the cache)")
-    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1...")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_sleep)
+
+    p = sub.add_parser(
+        "weeks", help="weeks of work, each followed by a sleep; what the model keeps"
+    )
+    _one_line_errors(p)
+    p.add_argument("--org", type=int, default=1, help="seed of the organisation")
+    p.add_argument("--weeks", type=int, default=4, help="weeks of work, each followed by a sleep")
+    p.add_argument("--exam", action="store_true", help="then a week with no document pasted")
+    _add_sleep_flags(p)
+    p.add_argument("--model", help="the model of the first week (default: the pretrained default)")
+    p.add_argument("--run-dir", help="a new folder for the world, store, registry and report")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_weeks)
 
     p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")
     _one_line_errors(p)

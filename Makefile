@@ -19,8 +19,7 @@ demo: $(STAMP)
 	$(BIN)/onthejob pretrain
 	$(BIN)/onthejob eval
 	$(BIN)/onthejob train
-	$(BIN)/onthejob work --org 1 --days 5
-	$(BIN)/onthejob sleep --org 1 --thumbs any
+	$(BIN)/onthejob weeks --org 1 --weeks 1 --exam
 
 test: $(STAMP)
 	$(BIN)/ruff check onthejob tests benchmarks

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # the commands import their modules when they run (a fast start)
     from onthejob.sleep import SleepConfig
+    from onthejob.train.grpo import ConfigError
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -438,6 +439,12 @@ def _tasks_done(sessions: list) -> str:
     return f"{sum(t.success for t in tasks)}/{len(tasks)} tasks done"
 
 
+def _flag_problem(error: ConfigError) -> str:
+    """A sleep trainer's config error, named by the flag that sets the field."""
+    flag = {"token_budget": "tokens"}.get(error.field, error.field).replace("_", "-")
+    return f"--{flag} {error.problem}"
+
+
 def _sleep_config(args: argparse.Namespace) -> SleepConfig:
     """The SleepConfig of the sleep flags (`_add_sleep_flags`)."""
     from onthejob.sleep import PlanConfig, SleepConfig
@@ -492,8 +499,7 @@ def cmd_sleep(args: argparse.Namespace) -> int:
         )
         config = _sleep_config(args)
     except ConfigError as e:  # a trainer's field: name its flag
-        flag = {"token_budget": "tokens"}.get(e.field, e.field).replace("_", "-")
-        print(f"onthejob sleep: --{flag} {e.problem}", file=sys.stderr)
+        print(f"onthejob sleep: {_flag_problem(e)}", file=sys.stderr)
         return 2
     except (SleepError, ValueError) as e:
         print(f"onthejob sleep: {e}", file=sys.stderr)
@@ -684,9 +690,8 @@ def cmd_weeks(args: argparse.Namespace) -> int:
             users=UsersConfig(seed=args.seed),
             exam=args.exam,
         )
-    except ConfigError as e:
-        flag = {"token_budget": "tokens"}.get(e.field, e.field).replace("_", "-")
-        print(f"onthejob weeks: --{flag} {e.problem}", file=sys.stderr)
+    except ConfigError as e:  # a trainer's field: name its flag
+        print(f"onthejob weeks: {_flag_problem(e)}", file=sys.stderr)
         return 2
     except (SleepError, ValueError) as e:
         print(f"onthejob weeks: {e}", file=sys.stderr)

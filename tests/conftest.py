@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from onthejob.models import TinyConfig, build_model, train_tokenizer
+from onthejob.models import TinyConfig, build_model, save_model, train_tokenizer
 
 SAMPLE_TEXTS = [
     "the owner of billing is priya.",
@@ -28,6 +30,15 @@ TINY = TinyConfig(
 @pytest.fixture(scope="session")
 def tokenizer():
     return train_tokenizer(SAMPLE_TEXTS, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def served_model_dir(tmp_path_factory, tokenizer):
+    """The tiny random model with a 1024-position context, saved as a model directory
+    (what a week of work serves: its replies are wrong, which exercises every path)."""
+    path = tmp_path_factory.mktemp("served-model") / "model"
+    save_model(build_model(replace(TINY, max_positions=1024), tokenizer, seed=0), tokenizer, path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ from onthejob.sleep import (
     SelectionPolicy,
     SleepConfig,
     SleepError,
+    SleepResult,
     decide,
     plan_sleep,
     read_experience,
@@ -506,6 +507,21 @@ def quick(method: str, **changes: object) -> SleepConfig:
     return replace(config, **changes)  # type: ignore[arg-type]
 
 
+def _sleep_a(
+    filled: Filled, registry: Registry, run_dir: Path, config: SleepConfig | None = None
+) -> SleepResult:
+    """One sleep of org A on its sessions before the split (quick OPSD by default)."""
+    with Store(filled.store) as store:
+        return sleep(
+            store,
+            registry,
+            SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at),
+            config or quick("opsd"),
+            run_dir,
+            show_progress=False,
+        )
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):  # type: ignore[no-untyped-def]
     """The tiny model with a 1024-position context, fitted for a second to answer short
@@ -645,15 +661,7 @@ def test_knowledge_of_earlier_sleeps_joins_the_guard(
         config={"targets": [[q.text, q.answer] for q in [*earlier, updated]]},
     )
     registry.promote(previous.id)
-    with Store(filled.store) as store:
-        result = sleep(
-            store,
-            registry,
-            SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at),
-            quick("opsd"),
-            tmp_path / "run",
-            show_progress=False,
-        )
+    result = _sleep_a(filled, registry, tmp_path / "run")
     assert result.parent.id == previous.id
     assert set(result.guard_before) == {"arith success", "earlier knowledge"}
     version = registry.get(result.version.id)
@@ -713,15 +721,7 @@ def test_the_gate_rejects_a_deliberately_broken_candidate(
         return result
 
     monkeypatch.setattr(sleep_run, "distill", broken_distill)
-    with Store(filled.store) as store:
-        result = sleep(
-            store,
-            registry,
-            SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at),
-            quick("opsd"),
-            tmp_path / "run",
-            show_progress=False,
-        )
+    result = _sleep_a(filled, registry, tmp_path / "run")
     assert result.parent.id == parent_id and result.guard_before["earlier knowledge"] == 1.0
     assert result.guard_after["earlier knowledge"] < 1.0 - 0.02
     version = registry.get(result.version.id)
@@ -745,15 +745,9 @@ def test_rollback_serves_the_previous_version_again(
     again, and loading it gives the parent's outputs, not the candidate's."""
     registry = Registry(tmp_path / "registry.sqlite")
     parent_id, earlier = _memorized_parent(tmp_path, registry, model_dir)
-    with Store(filled.store) as store:
-        result = sleep(
-            store,
-            registry,
-            SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at),
-            quick("opsd", opsd=replace(QUICK_OPSD, lr=0.5)),
-            tmp_path / "run",
-            show_progress=False,
-        )
+    result = _sleep_a(
+        filled, registry, tmp_path / "run", quick("opsd", opsd=replace(QUICK_OPSD, lr=0.5))
+    )
     if result.version.status != "promoted":  # an operator overrides the gate
         registry.promote(result.version.id, reason="test: promote, then roll back")
     ids = torch.tensor([[1, 2, 3, 4, 5]])

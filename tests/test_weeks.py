@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 
 from onthejob import knowledge, weeks
-from onthejob.models import build_model, save_model
 from onthejob.registry import Registry
 from onthejob.sleep import SleepConfig
 from onthejob.store import Store
@@ -18,17 +17,14 @@ from onthejob.train.opsd import OPSDConfig
 from onthejob.weeks import Taught, WeeksConfig, measure, run_weeks
 from onthejob.world import OrgConfig, make_org
 from onthejob.world.org import item_key
-from tests.conftest import TINY
 
 SMALL_ORG = OrgConfig(items=16, users=1, questions_per_day=1, orders_per_day=0)
 """One question a day: five sessions a week."""
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("weeks-model") / "model"
-    save_model(build_model(replace(TINY, max_positions=1024), tokenizer, seed=0), tokenizer, path)
-    return path
+def model_dir(served_model_dir):
+    return served_model_dir
 
 
 QUICK_SLEEP = SleepConfig(

@@ -21,24 +21,20 @@ from pathlib import Path
 import pytest
 
 from onthejob.cli import main
-from onthejob.models import build_model, save_model
 from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM
 from onthejob.serve.chat import TOOLS_HEADER
 from onthejob.store import Store
 from onthejob.world import OrgConfig, ServiceConfig
 from onthejob.world.users import TaskRecord, UsersConfig, evaluation_text, judge
 from onthejob.world.week import WeekConfig, run_week, week_service_config
-from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_ORG = OrgConfig(items=16, users=2, questions_per_day=2, orders_per_day=1)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("week-model") / "model"
-    save_model(build_model(replace(TINY, max_positions=1024), tokenizer, seed=0), tokenizer, path)
-    return path
+def model_dir(served_model_dir):
+    return served_model_dir
 
 
 def processes_mentioning(text: str) -> list[int]:

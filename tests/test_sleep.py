@@ -42,7 +42,7 @@ from onthejob.sleep import (
     student_messages,
 )
 from onthejob.sleep import run as sleep_run
-from onthejob.sleep.gate import no_context_recall
+from onthejob.sleep.gate import lineage_guard, no_context_recall
 from onthejob.sleep.plan import SleepQuestion
 from onthejob.sleep.run import load_version
 from onthejob.store import NewTurn, Store
@@ -491,6 +491,51 @@ def test_gate_rejects_a_guard_drop_beyond_tolerance() -> None:
     assert decide(0.1, 0.9, {"arith": 0.30}, {"arith": 0.28}).promote  # exactly 2 points
     with pytest.raises(SleepError, match="guard suites differ"):
         decide(0.1, 0.9, {"arith": 0.3}, {"shop": 0.3})
+
+
+def test_gate_rejects_drift_since_the_lineage_start_that_each_step_hid() -> None:
+    start = {"arith": 0.08, "shop": 0.10}
+    # 2 points below the parent is within tolerance, but 4 below the lineage's start is not
+    decision = decide(
+        0.1, 0.3, {"arith": 0.06, "shop": 0.10}, {"arith": 0.04, "shop": 0.10}, lineage=start
+    )
+    assert not decision.promote
+    assert decision.reason == (
+        "guard drifted beyond 0.020 since the lineage's start: arith 0.080 at the lineage's"
+        " start -> 0.040 (-0.040) (recall 0.100 -> 0.300 (+0.200))"
+    )
+    assert decide(0.1, 0.3, {"arith": 0.06}, {"arith": 0.06}, lineage={"arith": 0.08}).promote
+    # scores the lineage's start did not measure (e.g. earlier knowledge) are not compared
+    assert decide(
+        0.1, 0.3, {"earlier knowledge": 0.5}, {"earlier knowledge": 0.5}, lineage=start
+    ).promote
+
+
+def test_lineage_guard_is_the_first_sleeps_measurement_of_the_same_suite(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    registry = Registry(tmp_path / "registry.sqlite")
+    base = registry.promote(registry.register("t", model_dir, method="base").id)
+    suite = {"guard": {"envs": ["arith"], "n": 50}}
+
+    def child(parent, guard_before, config=suite):  # type: ignore[no-untyped-def]
+        version = registry.register(
+            "t",
+            model_dir,
+            method="opsd",
+            parent=parent.id,
+            config=config,
+            evals={"guard_before": guard_before},
+        )
+        return registry.promote(version.id)
+
+    first = child(base, {"arith success": 0.08})
+    second = child(first, {"arith success": 0.06})
+    assert lineage_guard(registry, base, ["arith"], 50) is None
+    assert lineage_guard(registry, second, ["arith"], 50) == {"arith success": 0.08}
+    assert lineage_guard(registry, second, ["arith"], 100) is None  # another suite
+    other = child(second, {"arith success": 0.3}, {"guard": {"envs": ["arith", "shop"], "n": 50}})
+    assert lineage_guard(registry, other, ["arith"], 50) == {"arith success": 0.08}
 
 
 # -- end to end: training, registry, tenants, the command --------------------------------

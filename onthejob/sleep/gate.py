@@ -7,13 +7,16 @@ suite (`guard_suite`): greedy success on held-out tasks of the grindable envs
 lineage consolidated (`earlier_knowledge`: their targets as the registry recorded them,
 minus items this sleep knows a newer version of); and `decide`: promote only if recall
 rises by more than `min_gain` and no guard score falls by more than `tolerance`
-(2 points), else reject, saying which rule failed and by how much.
+(2 points) below the parent's, nor below the lineage's first measured scores
+(`lineage_guard`), else reject, saying which rule failed and by how much.
 
 Not covered: writing the verdict into the registry (`onthejob.sleep.run`), rollback
 (`onthejob.registry`).
 
 Design decisions: every guard score must hold on its own (a gain in one env does not buy a
-loss in another); ties in recall reject (the parent keeps serving); answers are compared
+loss in another); the tolerance holds against the lineage's start as well as the parent,
+because four sleeps that each lose 2 points lose 8 (measured: org 21's arithmetic went
+0.08 -> 0.06 -> 0.04 through two promotions that each passed against their parent); ties in recall reject (the parent keeps serving); answers are compared
 by `knowledge.is_correct`, greedy, so a verdict is reproducible for a model and seed.
 """
 
@@ -64,9 +67,12 @@ def decide(
     guard_before: dict[str, float],
     guard_after: dict[str, float],
     config: GateConfig | None = None,
+    lineage: dict[str, float] | None = None,
 ) -> Decision:
     """Promote when recall rises by more than `min_gain` and every guard score stays within
-    `tolerance` of the parent's; else reject, saying which rule failed and by how much."""
+    `tolerance` of the parent's and of `lineage` (the same suite measured on the lineage's
+    first version, where the registry has it); else reject, saying which rule failed and
+    by how much."""
     config = config or GateConfig()
     if set(guard_before) != set(guard_after):
         raise SleepError(
@@ -86,7 +92,39 @@ def decide(
         return Decision(
             False, f"guard fell beyond {config.tolerance:.3f}: {'; '.join(drops)} ({recall})"
         )
+    start = lineage or {}
+    drifts = [
+        f"{name} {start[name]:.3f} at the lineage's start -> {guard_after[name]:.3f}"
+        f" ({guard_after[name] - start[name]:+.3f})"
+        for name in sorted(set(start) & set(guard_after))
+        if start[name] - guard_after[name] > config.tolerance + 1e-9
+    ]
+    if drifts:
+        return Decision(
+            False,
+            f"guard drifted beyond {config.tolerance:.3f} since the lineage's start:"
+            f" {'; '.join(drifts)} ({recall})",
+        )
     return Decision(True, f"{recall}; guard within {config.tolerance:.3f}")
+
+
+def lineage_guard(
+    registry: Registry, parent: ModelVersion, envs: Sequence[str], n: int
+) -> dict[str, float] | None:
+    """The guard scores the lineage's first sleep measured on its parent (the lineage's
+    start), if that sleep used the same envs and task count; None otherwise."""
+    found = None
+    version: ModelVersion | None = parent
+    while version is not None:
+        guard = version.config.get("guard", {})
+        if (
+            "guard_before" in version.evals
+            and guard.get("envs") == list(envs)
+            and guard.get("n") == n
+        ):
+            found = dict(version.evals["guard_before"])
+        version = registry.get(version.parent) if version.parent else None
+    return found
 
 
 # -- evaluation -------------------------------------------------------------------------

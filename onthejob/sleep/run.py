@@ -51,6 +51,7 @@ from onthejob.sleep.gate import (
     decide,
     earlier_knowledge,
     guard_suite,
+    lineage_guard,
     no_context_recall,
     probe_of,
     with_context_accuracy,
@@ -198,13 +199,15 @@ def sleep(
         recall_after = no_context_recall(trained, tokenizer, plan.targets)
         guard_after = guard_suite(trained, tokenizer, *guard, earlier=earlier)
 
-    decision = decide(recall_before, recall_after, guard_before, guard_after, config.gate)
+    start = lineage_guard(registry, parent, config.guard_envs, config.guard_n)
+    decision = decide(recall_before, recall_after, guard_before, guard_after, config.gate, start)
     evals = {
         "recall_before": recall_before,
         "recall": recall_after,
         "teacher_with_context": teacher_accuracy,
         "guard_before": guard_before,
         "guard": guard_after,
+        "guard_lineage_start": start,
         "targets": len(plan.targets),
         "tokens": train.get("tokens", 0),
         "gate": "promote" if decision.promote else "reject",

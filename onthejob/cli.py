@@ -679,7 +679,7 @@ def cmd_weeks(args: argparse.Namespace) -> int:
     from onthejob.sleep import SleepError
     from onthejob.train.grpo import ConfigError
     from onthejob.train.pretrain import onthejob_home
-    from onthejob.weeks import WeeksConfig, run_weeks
+    from onthejob.weeks import WeeksConfig, compare, run_weeks
     from onthejob.world.users import UsersConfig
 
     try:
@@ -696,6 +696,22 @@ def cmd_weeks(args: argparse.Namespace) -> int:
     except (SleepError, ValueError) as e:
         print(f"onthejob weeks: {e}", file=sys.stderr)
         return 2
+    if args.compare:
+        try:
+            rows = compare([Path(d) for d in args.compare], Path(args.out))
+        except ValueError as e:
+            print(f"onthejob weeks: {e}", file=sys.stderr)
+            return 2
+        for row in rows:
+            right, asked = row["exam"]
+            print(
+                f"{row['method']:15s} promoted {row['promoted']}, recall of what was taught"
+                f" {' '.join(f'{x:.2f}' for x in row['retained'])}, stale"
+                f" {' '.join('-' if x is None else f'{x:.2f}' for x in row['stale'])}, exam"
+                f" {right}/{asked}  ({row['run']})"
+            )
+        print(f"figure: {args.out}")
+        return 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = (
         Path(args.run_dir)
@@ -916,6 +932,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the model of the first week (default: the pretrained default)")
     p.add_argument("--run-dir", help="a new folder for the world, store, registry and report")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--compare", nargs="+", metavar="DIR", help="plot finished runs side by side instead"
+    )
+    p.add_argument("--out", default="weeks-compare.png", help="the --compare figure")
     p.set_defaults(func=cmd_weeks)
 
     p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")

@@ -265,6 +265,7 @@ def plot(report: WeeksReport, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     after = [w["after_sleep"] for w in report.weeks]
@@ -280,7 +281,7 @@ def plot(report: WeeksReport, path: Path) -> None:
     left.set(
         xlabel="after the sleep of week", ylabel="no-context recall", ylim=(0, 1), title="retention"
     )
-    left.set_xticks([a["week"] for a in after])
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.legend(fontsize=8)
     xs = [a["week"] for a in after if a["updated"][1]]
     right.plot(
@@ -293,7 +294,7 @@ def plot(report: WeeksReport, path: Path) -> None:
         label="updated",
     )
     right.set(xlabel="after the sleep of week", ylabel="share of changed items", ylim=(0, 1))
-    right.set_xticks([a["week"] for a in after])
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_title("items changed since taught")
     right.legend(fontsize=8)
     method = report.config["sleep"]["method"]
@@ -301,3 +302,61 @@ def plot(report: WeeksReport, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def compare(run_dirs: list[Path], path: Path) -> list[dict[str, Any]]:
+    """One figure over several `run_weeks` folders (e.g. one per sleep method): recall of
+    every unchanged taught item, and the stale share of the changed ones, after each sleep.
+    Returns one summary row per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = []
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for run_dir in run_dirs:
+        file = run_dir / "weeks.json"
+        if not file.is_file():
+            raise ValueError(f"no weeks.json in {run_dir}; give folders of `onthejob weeks` runs")
+        report = json.loads(file.read_text())
+        label = f"{report['config']['sleep']['method']} ({run_dir.name})"
+        after = [w["after_sleep"] for w in report["weeks"]]
+        weeks = [a["week"] for a in after]
+        retained = [
+            sum(r for r, _ in a["retention"].values())
+            / max(1, sum(n for _, n in a["retention"].values()))
+            for a in after
+        ]
+        stale = [a["stale"] / a["updated"][1] if a["updated"][1] else None for a in after]
+        left.plot(weeks, retained, "o-", label=label)
+        right.plot(
+            [w for w, s in zip(weeks, stale, strict=True) if s is not None],
+            [s for s in stale if s is not None],
+            "o-",
+            label=label,
+        )
+        exam = report.get("exam") or {}
+        rows.append(
+            {
+                "run": str(run_dir),
+                "method": report["config"]["sleep"]["method"],
+                "promoted": sum(a["status"] == "promoted" for a in after),
+                "retained": retained,
+                "stale": stale,
+                "exam": (exam.get("right_without_document"), exam.get("without_document")),
+            }
+        )
+    left.set(xlabel="after the sleep of week", ylabel="share right", ylim=(0, 1))
+    left.set_title("no-context recall of everything taught (unchanged items)")
+    right.set(xlabel="after the sleep of week", ylabel="share of changed items", ylim=(0, 1))
+    right.set_title("stale answers (the value before the change)")
+    for axis in (left, right):
+        axis.legend(fontsize=8)
+        axis.title.set_fontsize(10)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return rows

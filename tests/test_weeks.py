@@ -123,3 +123,30 @@ def test_weeks_command_errors_are_one_line(tmp_path, capsys):
         main(["weeks", "--model", str(tmp_path / "nothing"), "--run-dir", str(tmp_path / "c")]) == 2
     )
     assert "no model at" in capsys.readouterr().err
+
+
+def test_compare_plots_finished_runs_and_refuses_other_folders(tmp_path):
+    for method, stale in (("opsd", 1), ("none", 0)):
+        run = tmp_path / method
+        run.mkdir()
+        after = {
+            "week": 0,
+            "status": "promoted",
+            "retention": {"0": [2, 4]},
+            "updated": [0, 2],
+            "stale": stale,
+        }
+        report = {
+            "config": {"sleep": {"method": method}},
+            "weeks": [{"week": 0, "after_sleep": after}],
+            "exam": None,
+        }
+        (run / "weeks.json").write_text(json.dumps(report))
+    rows = weeks.compare([tmp_path / "opsd", tmp_path / "none"], tmp_path / "c.png")
+    assert [(r["method"], r["retained"], r["stale"]) for r in rows] == [
+        ("opsd", [0.5], [0.5]),
+        ("none", [0.5], [0.0]),
+    ]
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no weeks.json"):
+        weeks.compare([tmp_path], tmp_path / "d.png")

@@ -9,8 +9,8 @@ sleeps on its own sessions (`sleep.sleep`, OPSD by default; the gate decides as 
 A's held-out targets (questions about what A's users pasted and corrected, in phrasings
 never used in training) are then asked with no context of:
 
-- A's promoted model (what A's sleep learned),
-- B's promoted model (whose adapter was trained on B's sessions only),
+- A's candidate (what A's sleep learned; the gate's verdict does not matter here),
+- B's candidate (whose adapter was trained on B's sessions only),
 - the base model both started from,
 
 and compared with uniform chance over each question's answer pool (`evals.chance_of`).
@@ -116,7 +116,9 @@ def main() -> None:
                 f" ({result.decision.reason})"
             )
 
-        models = {org.tenant: load_version(registry.promoted(org.tenant)) for org in orgs}  # type: ignore[arg-type]
+        # each tenant's trained candidate, whatever the gate said (the gate judges forgetting,
+        # not isolation)
+        models = {org.tenant: load_version(r.version) for org, r in zip(orgs, results, strict=True)}
         models["base"] = load_model(base_dir)
         print(
             f"\n{'targets of':18s}{'own model':>11s}{'other model':>13s}{'base':>7s}"

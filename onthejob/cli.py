@@ -465,6 +465,7 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
         gate=replace(base.gate, tolerance=args.tolerance),
         guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
         guard_n=args.guard_n,
+        replay=base.replay if args.replay is None else args.replay,
         promote=not args.no_promote,
         device=args.device,
     )
@@ -665,6 +666,12 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         "--guard-envs", default="arith,program,shop", help="grindable envs of the guard suite"
     )
     p.add_argument("--guard-n", type=int, default=100, help="held-out tasks per guard env")
+    p.add_argument(
+        "--replay",
+        type=int,
+        default=None,
+        help="replay probes (guard envs' training tasks, no context) mixed into opsd/sft_teacher",
+    )
     p.add_argument(
         "--tolerance", type=float, default=0.02, help="most a guard score may fall (0.02: 2 points)"
     )

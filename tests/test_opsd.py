@@ -451,3 +451,18 @@ def test_errors_are_one_line(tokenizer, tiny_model):
     long = Probe(({"role": "user", "content": "q"},), "word " * 300)
     with pytest.raises(ValueError, match="exceeds the model's 256 positions"):
         distill(tiny_model, tokenizer, [long], OPSDConfig(), show_progress=False)
+
+
+def test_replay_probes_start_at_zero_divergence_and_anchor_the_student(tokenizer):
+    """A replay probe (context None): the teacher sees the student's own chat, so a fresh
+    adapter starts at zero divergence there, while the context probes do not."""
+    replay = [Probe(p.messages, None) for p in _probes()]
+    config = OPSDConfig(steps=1, batch_size=4, samples_per_probe=2, max_new_tokens=6)
+    result = distill(_sharp_model(tokenizer), tokenizer, replay, config, show_progress=False)
+    assert result.history[0]["divergence"] == pytest.approx(0.0, abs=1e-6)
+    with_context = distill(
+        _sharp_model(tokenizer), tokenizer, _probes(), config, show_progress=False
+    )
+    assert with_context.history[0]["divergence"] > 0.01
+    with pytest.raises(ValueError, match="or None for a replay probe"):
+        Probe(_probes()[0].messages, "  ")

@@ -19,9 +19,17 @@ import torch
 
 from onthejob import knowledge
 from onthejob.cli import main
+from onthejob.curriculum import available_tasks
 from onthejob.knowledge import Convention, Fact, Procedure
 from onthejob.models import build_model, load_model, save_model
-from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM, SHOP_TOOL, TOOLS_HEADER, tool_line
+from onthejob.prompts import (
+    AGENT_SYSTEM,
+    KNOWLEDGE_SYSTEM,
+    SHOP_TOOL,
+    TOOLS_HEADER,
+    env_system,
+    tool_line,
+)
 from onthejob.registry import Registry
 from onthejob.sleep import (
     Asked,
@@ -43,10 +51,10 @@ from onthejob.sleep import (
 )
 from onthejob.sleep import run as sleep_run
 from onthejob.sleep.gate import lineage_guard, no_context_recall
-from onthejob.sleep.plan import SleepQuestion
+from onthejob.sleep.plan import SleepQuestion, replay_probes
 from onthejob.sleep.run import load_version
 from onthejob.store import NewTurn, Store
-from onthejob.train.opsd import OPSDConfig
+from onthejob.train.opsd import OPSDConfig, probe_prompts, teacher_messages
 from onthejob.train.sft import SFTConfig, SFTExample, sft
 from onthejob.world import make_org
 from onthejob.world.org import Org, item_key
@@ -538,6 +546,20 @@ def test_lineage_guard_is_the_first_sleeps_measurement_of_the_same_suite(
     assert lineage_guard(registry, other, ["arith"], 50) == {"arith success": 0.08}
 
 
+def test_replay_probes_are_training_openings_the_teacher_sees_unchanged(tokenizer) -> None:
+    probes = replay_probes(("arith", "shop"), 5, difficulty=1, seed=0)
+    assert len(probes) == 5 and all(p.context is None for p in probes)
+    systems = [p.messages[0]["content"] for p in probes]
+    assert systems == [env_system("arith")] * 3 + [env_system("shop")] * 2
+    for probe in probes:
+        assert teacher_messages(probe) == list(probe.messages)
+        student, teacher = probe_prompts(tokenizer, probe)
+        assert student == teacher
+    held_out = {t.prompt for t in available_tasks("arith", "test", 100, 0, 1)}
+    assert not held_out & {p.messages[1]["content"] for p in probes[:3]}
+    assert replay_probes(("arith",), 0, 1, 0) == []
+
+
 # -- end to end: training, registry, tenants, the command --------------------------------
 
 QUICK_OPSD = OPSDConfig(steps=2, batch_size=4, samples_per_probe=2, max_new_tokens=8)
@@ -802,6 +824,7 @@ def test_rollback_serves_the_previous_version_again(
         with torch.no_grad():
             return model(input_ids=ids).logits
 
+    assert result.train["replay"] == 0
     candidate = logits_of_promoted()
     restored = registry.rollback(ORG_A.tenant, reason="users complain", actor="test")
     assert restored.id == parent_id

@@ -17,6 +17,10 @@ sessions (`prompts.KNOWLEDGE_SYSTEM`, then the question) and whose teacher conte
   the item, so a thumbs-down session whose critique names the right answer still teaches
   where nothing else does.
 
+Also `replay_probes`: openings of the grindable envs' training tasks with no context, so
+the teacher sees exactly what the student sees; mixed into a sleep's probes they anchor
+the skills the guard suite measures (its tasks are the envs' held-out split, never these).
+
 Not covered: how the teacher's prompt is built from a probe and its context
 (`onthejob.train.opsd.teacher_messages`, the one place shared with the trainer), training,
 judging.
@@ -45,6 +49,7 @@ from onthejob import knowledge
 from onthejob.knowledge import Item
 from onthejob.prompts import KNOWLEDGE_SYSTEM
 from onthejob.sleep.selection import Experience, Note, SleepError
+from onthejob.train.opsd import Probe
 from onthejob.world.org import Key, item_key
 
 CONTEXT_SCOPES = ("document", "all")
@@ -268,3 +273,22 @@ def plan_sleep(experience: Experience, config: PlanConfig | None = None) -> Plan
         knowledge=newest,
         skipped=tuple(skipped),
     )
+
+
+def replay_probes(envs: Sequence[str], n: int, difficulty: int, seed: int) -> list[Probe]:
+    """n probes, spread over the envs, each a training task's opening chat with no context
+    (the env's system turn and first observation, as an episode starts)."""
+    from onthejob.curriculum import available_tasks
+    from onthejob.envs import make_env
+    from onthejob.prompts import agent_opening
+
+    probes: list[Probe] = []
+    for i, env_name in enumerate(envs):
+        share = n // len(envs) + (i < n % len(envs))
+        if share == 0:
+            continue
+        env = make_env(env_name)
+        for j, task in enumerate(available_tasks(env_name, "train", share, seed, difficulty)):
+            observation, _ = env.reset(seed=seed + j, task=task)
+            probes.append(Probe(tuple(agent_opening(env_name, observation)), None))
+    return probes

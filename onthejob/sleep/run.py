@@ -56,7 +56,7 @@ from onthejob.sleep.gate import (
     probe_of,
     with_context_accuracy,
 )
-from onthejob.sleep.plan import Plan, PlanConfig, plan_sleep
+from onthejob.sleep.plan import Plan, PlanConfig, plan_sleep, replay_probes
 from onthejob.sleep.selection import (
     SelectedSession,
     SelectionPolicy,
@@ -94,6 +94,9 @@ class SleepConfig:
     """Held-out tasks per guard env (one task is 1 / guard_n of a score)."""
     guard_difficulty: int = 1
     """Level of the guard envs' tasks."""
+    replay: int = 0
+    """Replay probes mixed into the probes of "opsd" and "sft_teacher": openings of the
+    guard envs' training tasks, no context (`plan.replay_probes`), at the guard's level."""
     promote: bool = True
     """Promote a candidate the gate passes (False: leave it a candidate; failures are
     rejected either way)."""
@@ -105,6 +108,8 @@ class SleepConfig:
             raise SleepError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.guard_n < 1:
             raise SleepError(f"guard_n must be at least 1, got {self.guard_n}")
+        if self.replay < 0:
+            raise SleepError(f"replay must be 0 or more probes, got {self.replay}")
 
 
 @dataclass
@@ -295,8 +300,11 @@ def _train(
     if config.method == "none":
         return model, parent.base, parent.adapter, {}
     out_dir = run_dir / "candidate"
+    replay = replay_probes(
+        config.guard_envs, config.replay, config.guard_difficulty, config.opsd.seed
+    )
+    probes = [probe_of(q) for q in plan.probes] + replay
     if config.method == "opsd":
-        probes = [probe_of(q) for q in plan.probes]
         result = distill(
             model,
             tokenizer,
@@ -314,7 +322,7 @@ def _train(
                 [[_message(t) for t in s.turns] for s in selected if not uses_tools(s.turns)]
             )
         else:  # the parent answers with the context, before any training
-            examples = teacher_sample_examples(model, tokenizer, [probe_of(q) for q in plan.probes])
+            examples = teacher_sample_examples(model, tokenizer, probes)
         if not examples:
             raise SleepError(f"{config.method}: the selected sessions give no example to train on")
         sft_result = sft(
@@ -329,7 +337,7 @@ def _train(
         lora = config.sft.lora or parent.adapter is not None
         trained, steps = sft_result.model, sft_result.steps
         tokens, seconds = sft_result.tokens, sft_result.seconds
-    train = {"steps": steps, "tokens": tokens, "seconds": round(seconds, 1)}
+    train = {"steps": steps, "tokens": tokens, "seconds": round(seconds, 1), "replay": len(replay)}
     if lora:
         return trained, parent.base, str(out_dir), train
     return trained, str(out_dir), None, train

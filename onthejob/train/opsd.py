@@ -101,8 +101,9 @@ class Probe:
 
     messages: tuple[dict[str, str], ...]
     """The student's chat, without the context; it ends before the assistant's reply."""
-    context: str
-    """What the teacher sees in addition: documents, corrections, an evaluation."""
+    context: str | None
+    """What the teacher sees in addition: documents, corrections, an evaluation. None: a
+    replay probe, whose teacher sees exactly the student's chat."""
     answer: str | None = None
     """The expected answer when known; for evaluation only, never trained on."""
 
@@ -115,16 +116,24 @@ class Probe:
                 raise ValueError(f"probe messages need string role and content, got {m!r}")
         if self.messages[-1]["role"] == "assistant":
             raise ValueError("a probe's chat must end before the assistant's reply, not with it")
-        if not isinstance(self.context, str) or not self.context.strip():
-            raise ValueError("a probe's context must be non-empty text (the teacher's notes)")
+        if self.context is not None and (
+            not isinstance(self.context, str) or not self.context.strip()
+        ):
+            raise ValueError(
+                "a probe's context must be non-empty text (the teacher's notes), or None for a"
+                " replay probe"
+            )
 
 
 def teacher_messages(probe: Probe) -> list[dict[str, str]]:
     """The probe's chat with its context inserted in one place: the end of the system turn,
     as "notes:\\n<context>" (how the curriculum teaches the model to read documents, see
     `curriculum.knowledge_example`); a system turn holding only the notes is put first
-    when the chat has none."""
+    when the chat has none. A context of None leaves the chat as it is: a replay probe,
+    on which the divergence anchors the student to the teacher's own behaviour."""
     messages = [dict(m) for m in probe.messages]
+    if probe.context is None:  # a replay probe: the teacher sees what the student sees
+        return messages
     if messages[0]["role"] == "system":
         system = messages[0]["content"]
         messages[0]["content"] = (
@@ -155,7 +164,7 @@ def probe_prompts(tokenizer: PreTrainedTokenizerBase, probe: Probe) -> tuple[lis
     renders the two chats differently would bias every teacher log-prob)."""
     student = chat_prompt_ids(tokenizer, probe.messages)
     teacher = chat_prompt_ids(tokenizer, teacher_messages(probe))
-    if inserted_span(student, teacher) is None:
+    if teacher != student and inserted_span(student, teacher) is None:
         raise ValueError(
             "the teacher's prompt differs from the student's by more than the inserted context "
             "(the chat template renders them differently); give the probe a system turn"

@@ -374,7 +374,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="student samples per probe")
     parser.add_argument("--n-probes", type=int, default=64, help="probes in the pool")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=OPSDConfig().lr)
+    parser.add_argument("--lr", type=float, default=2e-4, help="the recorded runs used 2e-4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (default: torch's own)"

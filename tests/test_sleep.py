@@ -567,9 +567,14 @@ QUICK_SFT = SFTConfig(steps=2, batch_size=4)
 
 
 def quick(method: str, **changes: object) -> SleepConfig:
-    """A seconds-long sleep: two steps, a guard of two arith tasks."""
+    """A seconds-long sleep: two steps, a guard of two arith tasks, two replay probes."""
     config = SleepConfig(
-        method=method, opsd=QUICK_OPSD, sft=QUICK_SFT, guard_envs=("arith",), guard_n=2
+        method=method,
+        opsd=QUICK_OPSD,
+        sft=QUICK_SFT,
+        guard_envs=("arith",),
+        guard_n=2,
+        replay=2,
     )
     return replace(config, **changes)  # type: ignore[arg-type]
 
@@ -824,7 +829,7 @@ def test_rollback_serves_the_previous_version_again(
         with torch.no_grad():
             return model(input_ids=ids).logits
 
-    assert result.train["replay"] == 0
+    assert result.train["replay"] == 2
     candidate = logits_of_promoted()
     restored = registry.rollback(ORG_A.tenant, reason="users complain", actor="test")
     assert restored.id == parent_id

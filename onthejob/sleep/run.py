@@ -94,9 +94,11 @@ class SleepConfig:
     """Held-out tasks per guard env (one task is 1 / guard_n of a score)."""
     guard_difficulty: int = 1
     """Level of the guard envs' tasks."""
-    replay: int = 0
+    replay: int = 16
     """Replay probes mixed into the probes of "opsd" and "sft_teacher": openings of the
-    guard envs' training tasks, no context (`plan.replay_probes`), at the guard's level."""
+    guard envs' training tasks, no context (`plan.replay_probes`), at the guard's level.
+    At org 21 (24k tokens, lr 1e-3) 16 kept OPSD's guard within 2 points where none lost
+    4 points of arithmetic; 64 took the budget from the knowledge (docs/results.md)."""
     promote: bool = True
     """Promote a candidate the gate passes (False: leave it a candidate; failures are
     rejected either way)."""

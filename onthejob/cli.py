@@ -460,7 +460,7 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
     return SleepConfig(
         method=args.method,
         plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
-        opsd=replace(base.opsd, **train),
+        opsd=replace(base.opsd, **train, teacher=args.teacher or base.opsd.teacher),
         sft=replace(base.sft, **train),
         gate=replace(base.gate, tolerance=args.tolerance),
         guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
@@ -666,6 +666,11 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         "--guard-envs", default="arith,program,shop", help="grindable envs of the guard suite"
     )
     p.add_argument("--guard-n", type=int, default=100, help="held-out tasks per guard env")
+    p.add_argument(
+        "--teacher",
+        choices=("fixed", "base", "ema", "live"),
+        help="opsd teacher (base: adapter off even when an earlier adapter trains further)",
+    )
     p.add_argument(
         "--replay",
         type=int,

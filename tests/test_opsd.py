@@ -466,3 +466,25 @@ def test_replay_probes_start_at_zero_divergence_and_anchor_the_student(tokenizer
     assert with_context.history[0]["divergence"] > 0.01
     with pytest.raises(ValueError, match="or None for a replay probe"):
         Probe(_probes()[0].messages, "  ")
+
+
+def test_the_base_teacher_switches_an_earlier_adapter_off(tokenizer):
+    """teacher="base" on a model that carries last week's adapter scores as the base model
+    (adapter off); "fixed" scores as the adapter as it started."""
+    model = add_lora(_sharp_model(tokenizer), LoraSettings(rank=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ids = probe_prompts(tokenizer, _probes()[0])[1]
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    with torch.no_grad(), adapter_disabled(model):
+        base = _logits(model, ids)
+    adapted = _logits(model, ids)
+    assert not torch.allclose(base, adapted)
+    with Teacher(model, params, "base", 0.0, fresh=False).weights() as teacher:
+        torch.testing.assert_close(_logits(teacher, ids), base)
+    with Teacher(model, params, "fixed", 0.0, fresh=False).weights() as teacher:
+        torch.testing.assert_close(_logits(teacher, ids), adapted)
+    with pytest.raises(ConfigError, match='"base" only with lora'):
+        OPSDConfig(teacher="base", lora=False)

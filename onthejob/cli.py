@@ -439,6 +439,17 @@ def _tasks_done(sessions: list) -> str:
     return f"{sum(t.success for t in tasks)}/{len(tasks)} tasks done"
 
 
+def _quiet_loading() -> None:
+    """No per-load progress bar from transformers, and no deprecation notice peft triggers
+    inside it: commands that load models many times print their own progress."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated")
+
+
 def _flag_problem(error: ConfigError) -> str:
     """A sleep trainer's config error, named by the flag that sets the field."""
     flag = {"token_budget": "tokens"}.get(error.field, error.field).replace("_", "-")
@@ -506,6 +517,7 @@ def cmd_sleep(args: argparse.Namespace) -> int:
         print(f"onthejob sleep: {e}", file=sys.stderr)
         return 2
     console = Console()
+    _quiet_loading()
     started = time.time()
     try:
         with Store(store_path) as store:
@@ -738,6 +750,7 @@ def cmd_weeks(args: argparse.Namespace) -> int:
         )
         return 2
     console = Console()
+    _quiet_loading()
     try:
         report = run_weeks(
             config,

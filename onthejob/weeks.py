@@ -269,11 +269,11 @@ def plot(report: WeeksReport, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     after = [w["after_sleep"] for w in report.weeks]
-    taught_weeks = sorted({int(k) for a in after for k in a["retention"]})
+    taught_weeks = sorted({k for a in after for k in a["retention"]})
     for taught in taught_weeks:
         xs, ys = [], []
         for a in after:
-            right_n = a["retention"].get(taught) or a["retention"].get(str(taught))
+            right_n = a["retention"].get(taught)
             if right_n and right_n[1]:
                 xs.append(a["week"])
                 ys.append(right_n[0] / right_n[1])

@@ -640,6 +640,7 @@ def test_every_method_registers_a_judged_candidate_under_the_tenant(
         assert candidate.adapter == str(tmp_path / "run" / "candidate")
         assert (Path(candidate.adapter) / "adapter_config.json").is_file()
         assert result.train["steps"] == 2 and result.train["tokens"] > 0
+        assert result.train["replay"] == (0 if method == "sft_transcript" else 2)
     evals = candidate.evals
     assert evals["recall_before"] == result.recall_before and evals["recall"] == result.recall_after
     assert set(evals["guard"]) == set(evals["guard_before"]) == {"arith success"}

@@ -306,9 +306,11 @@ def _train(
     if config.method == "none":
         return model, parent.base, parent.adapter, {}
     out_dir = run_dir / "candidate"
-    replay = replay_probes(
-        config.guard_envs, config.replay, config.guard_difficulty, config.opsd.seed
-    )
+    replay = []  # sft_transcript trains on the sessions as they happened: no probes at all
+    if config.method in ("opsd", "sft_teacher"):
+        replay = replay_probes(
+            config.guard_envs, config.replay, config.guard_difficulty, config.opsd.seed
+        )
     probes = [probe_of(q) for q in plan.probes] + replay
     if config.method == "opsd":
         result = distill(

@@ -39,6 +39,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         config = replace(config, steps=args.steps)
     if args.batch_size is not None:
         config = replace(config, batch_size=args.batch_size)
+    if args.bf16:
+        config = replace(config, bf16=True)
+    if _bad_device("pretrain", args.device):
+        return 2
     if args.tiny:  # a seconds-long run for smoke tests: small model, small pools
         from onthejob.curriculum import EpisodePools
         from onthejob.models import TinyConfig
@@ -57,7 +61,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"pretrained model cached at {out} (use --force to retrain)")
         return 0
     started = time.time()
-    path = pretrain(config, out_dir=out, resume=not args.force, show_progress=not args.quiet)
+    path = pretrain(
+        config,
+        out_dir=out,
+        resume=not args.force,
+        show_progress=not args.quiet,
+        device=args.device,
+    )
     print(f"pretrained model saved to {path} in {time.time() - started:.0f}s")
     return 0
 
@@ -81,8 +91,21 @@ TRAIN_FLAGS = {
     "seed": "seed",
     "eval_n": "eval-n",
     "checkpoint_every": "checkpoint-every",
+    "bf16": "bf16",
 }
 """GRPOConfig field -> `onthejob train` flag."""
+
+
+def _bad_device(command: str, device: str) -> bool:
+    """Print why --device is unusable here (and return True), else False."""
+    from onthejob.models import check_device
+
+    try:
+        check_device(device)
+    except ValueError as e:
+        print(f"onthejob {command}: {e}", file=sys.stderr)
+        return True
+    return False
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -107,6 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"onthejob train: --{TRAIN_FLAGS.get(e.field, e.field)} {e.problem}", file=sys.stderr)
         return 2
+    if _bad_device("train", args.device):
+        return 2
     if args.model:
         model_dir = Path(args.model)
     else:
@@ -125,6 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir=Path(args.run_dir) if args.run_dir else None,
         resume=args.resume,
         show_progress=not args.quiet,
+        device=args.device,
     )
     if result.eval_before:
         table = Table(title=f"held-out success (level {config.difficulty}, greedy)")
@@ -812,6 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tiny", action="store_true", help="a seconds-long run at toy scale (smoke tests)"
     )
+    p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1...")
+    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
@@ -846,6 +874,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--difficulty", type=int, help="env level for training and evaluation")
     p.add_argument("--eval-n", type=int, help="held-out tasks per env before and after (0: none)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1...")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        default=None,
+        help="autocast to bfloat16 (on a GPU; weights and optimizer stay float32)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

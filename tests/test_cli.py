@@ -122,6 +122,11 @@ def test_train_flag_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert main(["train", "--env", "arith"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.strip().endswith("run `onthejob pretrain` first")
+    for command in ("train", "pretrain"):
+        assert main([command, "--device", "gpu0"]) == 2
+        assert capsys.readouterr().err == (
+            f"onthejob {command}: unknown device 'gpu0': use cpu, cuda, cuda:1, ...\n"
+        )
 
 
 def test_eval_of_a_missing_model_is_a_one_line_error(tmp_path):

@@ -20,7 +20,7 @@ from onthejob.envs import make_tasks
 from onthejob.models import add_lora, build_model, render_chat, save_model
 from onthejob.models.tokenizer import END
 from onthejob.prompts import agent_opening
-from onthejob.rollout import run_episodes, run_groups
+from onthejob.rollout import Trajectory, run_episodes, run_groups
 from onthejob.sampling import SamplingConfig
 from onthejob.train.grpo import (
     TIMING_FIELDS,
@@ -287,6 +287,56 @@ def test_one_update_raises_the_rewarded_samples_and_lowers_the_others(tiny_model
         after = masked_logprobs(model, batch, 1.0)[0].sum(-1)
     change = (after - before).view(2, 4)
     assert bool((change[:, 0::2] > 0).all()) and bool((change[:, 1::2] < 0).all())
+
+
+def test_collate_counts_forward_tokens_with_each_shared_prefix_once():
+    def trajectory(ids: list[int], first_agent: int) -> Trajectory:
+        mask = [0] * first_agent + [1] * (len(ids) - first_agent)
+        return Trajectory(
+            "arith", "t", ids, mask, [-0.5 * m for m in mask], [(first_agent, len(ids))]
+        )
+
+    group = [trajectory([5, 6, 7, 8, 9], 3), trajectory([5, 6, 7, 10, 11, 12], 3)]
+    plain = collate([group], [[1.0, -1.0]], [4], pad_id=0)
+    assert plain.forward_tokens == 5 + 6
+    shared = collate([group], [[1.0, -1.0]], [4], pad_id=0, share_prefix=True)
+    # the prompt (3 tokens) minus its last token is stored once: 2 + (5 - 2) + (6 - 2)
+    assert shared.prefix_ids is not None and shared.prefix_ids.tolist() == [[5, 6]]
+    assert shared.forward_tokens == 2 + 3 + 4
+    moved = shared.to(torch.device("cpu"))
+    assert moved.forward_tokens == 9 and torch.equal(moved.input_ids, shared.input_ids)
+
+
+def test_bf16_update_follows_the_float32_update(tiny_model, tokenizer):
+    import copy
+
+    tasks = make_tasks("arith", "test", 2, seed=3, difficulty=1)
+    groups = run_groups(
+        tiny_model,
+        tokenizer,
+        "arith",
+        tasks,
+        4,
+        SamplingConfig(max_new_tokens=6, seed=5),
+        max_turns=1,
+    )
+    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    stats, grads = {}, {}
+    for bf16 in (False, True):
+        model = copy.deepcopy(tiny_model)
+        learner = _learner(model, tokenizer, lr=1e-3)
+        config = GRPOConfig(envs=("arith",), max_new_tokens=6, bf16=bf16)
+        stats[bf16] = train_on_groups(config, learner, [(g, advantages) for g in groups])
+        # the gradients of the update stay on the parameters after the optimizer step
+        grads[bf16] = torch.cat(
+            [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        )
+    assert stats[True]["tokens_trained"] == stats[False]["tokens_trained"] > 0
+    assert stats[True]["loss"] == pytest.approx(stats[False]["loss"], abs=0.02)
+    assert stats[False]["logprob_mismatch"] < 1e-4  # float32 matches the sampler
+    assert 0 < stats[True]["logprob_mismatch"] < 0.1  # bf16 rounds, a little
+    cosine = torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0)
+    assert cosine > 0.95
 
 
 def _lora():

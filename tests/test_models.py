@@ -11,8 +11,10 @@ from onthejob.models import (
     ModelDirError,
     adapter_disabled,
     add_lora,
+    bf16_autocast,
     build_model,
     chat_prompt_ids,
+    check_device,
     count_parameters,
     encode_text,
     gather_logprobs,
@@ -179,3 +181,23 @@ def test_missing_and_malformed_model_dirs_name_the_path(tmp_path, tiny_model, to
     (good / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ModelDirError, match=str(good)):
         load_model(good)
+
+
+def test_check_device_names_what_is_wrong():
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu9'"):
+        check_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            check_device("cuda")
+    else:
+        with pytest.raises(ValueError, match="CUDA GPU"):
+            check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_bf16_autocast_runs_matmuls_in_bf16_only_when_enabled():
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with bf16_autocast("cpu"):
+        assert (a @ b).dtype == torch.bfloat16
+    with bf16_autocast("cpu", enabled=False):
+        assert (a @ b).dtype == torch.float32

@@ -112,11 +112,36 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or a ValueError that says what is wrong with it."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:1, ...") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r}: no CUDA GPU is visible to torch here (use cpu)"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA GPU(s) here"
+            )
+    return resolved
+
+
+def bf16_autocast(device: str | torch.device, enabled: bool = True) -> torch.autocast:
+    """Autocast to bfloat16 on `device` when enabled: matmuls run in bf16, while weights,
+    optimizer state and the reductions autocast keeps in float32 stay float32."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def load_model(
-    path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local causal LM and its tokenizer; never downloads."""
     path = check_model_dir(path)
+    device = check_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(

@@ -96,7 +96,7 @@ def load_checkpoint(
     scheduler: Any,
 ) -> tuple[int, dict[str, Any]]:
     """Restore states in place; returns (step, extra)."""
-    state = torch.load(path / "state.pt", weights_only=False)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:

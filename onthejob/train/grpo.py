@@ -7,7 +7,9 @@ see `onthejob.rollout`), drops or resamples groups whose rewards are all
 equal, takes one gradient step per batch, checkpoints atomically and resumes
 exactly, logs metrics (JSONL, TensorBoard, a progress bar), and evaluates
 held-out success before and after training. Full fine-tuning by default;
-LoRA with `GRPOConfig.lora`. For speed, the training forward runs each group's
+LoRA with `GRPOConfig.lora`. Runs on the CPU or a GPU (`train(device=...)`),
+in float32 or under bf16 autocast (`GRPOConfig.bf16`; weights and optimizer
+state stay float32). For speed, the training forward runs each group's
 shared prompt once (`onthejob.train.shared_prefix`) and the output head only at
 the trained positions; no forward runs for old or reference log-probs unless
 kl_coef > 0.
@@ -59,7 +61,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from onthejob import evals
 from onthejob.curriculum import available_tasks
 from onthejob.envs import ENVS, Task, make_config
-from onthejob.models import load_model, save_model
+from onthejob.models import bf16_autocast, load_model, save_model
 from onthejob.models.fast import base_causal_lm
 from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora
 from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
@@ -91,6 +93,7 @@ TRAIN_FIELDS = (
     "logprob_mismatch",
     "logprob_mismatch_max",
     "grad_norm",
+    "tokens_trained",
 )
 """Metric fields of the update (0 on a step where no group was kept)."""
 TIMING_FIELDS = ("tokens_per_s", "sampling_s", "env_s", "train_s", "step_s")
@@ -143,6 +146,10 @@ class GRPOConfig:
     """Gradient steps on each batch (mu); 1 keeps training exactly on-policy."""
     micro_batch_size: int = 32
     """Rollouts per forward/backward; gradients accumulate over a batch."""
+    bf16: bool = False
+    """Autocast sampling, evaluation and the training forward to bfloat16 (weights,
+    optimizer state and the loss stay float32): the choice on a GPU; on an AVX2-only CPU
+    it is many times slower."""
     lora: LoraSettings | None = None
     """Train a LoRA adapter instead of every weight."""
     difficulty: int = 1
@@ -372,6 +379,18 @@ class MicroBatch:
     """[n] length of each group's prefix."""
     group_of: torch.Tensor | None = None
     """[b] the group (row of prefix_ids) of each trajectory."""
+    forward_tokens: int = 0
+    """Real (unpadded) positions the forward runs: each shared prefix once, plus every
+    trajectory's rest."""
+
+    def to(self, device: torch.device) -> MicroBatch:
+        """The same batch with every tensor on `device`."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
 
 
 def collate(
@@ -404,6 +423,7 @@ def collate(
             [m for group, m in zip(groups, max_tokens, strict=True) for _ in group],
             dtype=torch.float32,
         ),
+        forward_tokens=sum(len(t.token_ids) - cut for t, cut, _ in rows) + sum(cuts),
     )
     if share_prefix:
         longest = max(cuts)
@@ -538,11 +558,16 @@ def evaluate(
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Greedy held-out success per env (evals.env_success at the config's difficulty)."""
     rates, played = {}, {}
-    for env in config.envs:
-        rates[env], played[env] = evals.env_success(
-            model, tokenizer, env, n=config.eval_n, difficulty=config.difficulty
-        )
+    with bf16_autocast(_device(model), enabled=config.bf16):
+        for env in config.envs:
+            rates[env], played[env] = evals.env_success(
+                model, tokenizer, env, n=config.eval_n, difficulty=config.difficulty
+            )
     return rates, played
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def default_run_dir(config: GRPOConfig, model_dir: Path) -> Path:
@@ -566,8 +591,12 @@ def train(
     run_dir: Path | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    device: str = "cpu",
 ) -> TrainResult:
     """Run GRPO from the model at model_dir; save the result to out_dir and return where it is.
+
+    `device` places the model and the work (cpu, cuda, cuda:1...); it is not part of
+    the config, so a run may resume on another device.
 
     A full fine-tune is saved as a HF model directory (`load_model(out_dir)`); a LoRA run
     as a PEFT adapter directory (`load_adapter(load_model(model_dir)[0], out_dir)`).
@@ -575,7 +604,7 @@ def train(
     model_dir = Path(model_dir)
     run_dir = run_dir or default_run_dir(config, model_dir)
     out_dir = out_dir or default_out_dir(config, model_dir)
-    base, tokenizer = load_model(model_dir)
+    base, tokenizer = load_model(model_dir, device=device)
     model: PreTrainedModel | PeftModel = base
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -675,20 +704,21 @@ def grpo_step(
                 top_p=config.top_p,
                 seed=seed,
             )
-            groups = run_groups(
-                learner.model,
-                learner.tokenizer,
-                env,
-                tasks,
-                config.group_size,
-                sampling,
-                max_turns=config.turns(env),
-                env_config={"difficulty": config.difficulty},
-                seed=seed,
-                env_workers=config.env_workers,
-                env_timeout=config.env_timeout,
-                clock=clock,
-            )
+            with bf16_autocast(_device(learner.model), enabled=config.bf16):
+                groups = run_groups(
+                    learner.model,
+                    learner.tokenizer,
+                    env,
+                    tasks,
+                    config.group_size,
+                    sampling,
+                    max_turns=config.turns(env),
+                    env_config={"difficulty": config.difficulty},
+                    seed=seed,
+                    env_workers=config.env_workers,
+                    env_timeout=config.env_timeout,
+                    clock=clock,
+                )
             for group in groups:
                 played += group
                 rewards = torch.tensor([t.reward for t in group])
@@ -742,7 +772,8 @@ def train_on_groups(
     model, optimizer = learner.model, learner.optimizer
     if not groups:
         return dict.fromkeys(TRAIN_FIELDS + (("kl",) if config.kl_coef > 0 else ()), 0.0)
-    batches = micro_batches(config, learner, groups)
+    device = _device(model)
+    batches = [batch.to(device) for batch in micro_batches(config, learner, groups)]
     n_rows = sum(len(group) for group, _ in groups)
     batch_tokens = sum(int(b.mask.sum()) for b in batches)
     mismatch_sum, mismatch_max, entropy_sum, kl_sum, loss_sum = 0.0, 0.0, 0.0, 0.0, 0.0
@@ -753,11 +784,14 @@ def train_on_groups(
         optimizer.zero_grad(set_to_none=True)
         first = epoch == 0
         for batch in batches:
-            logprobs, entropy = masked_logprobs(model, batch, config.temperature, first)
+            with bf16_autocast(device, enabled=config.bf16):  # the loss below is float32
+                logprobs, entropy = masked_logprobs(model, batch, config.temperature, first)
+                ref_logprobs = None
+                if config.kl_coef > 0:
+                    ref_logprobs = reference_logprobs(learner, batch, config.temperature)
             mask = batch.mask.float()
             per_token_kl = None
-            if config.kl_coef > 0:
-                ref_logprobs = reference_logprobs(learner, batch, config.temperature)
+            if ref_logprobs is not None:
                 per_token_kl = kl_k3(logprobs, ref_logprobs, mask)
             loss, stats = policy_loss(
                 logprobs,
@@ -801,6 +835,7 @@ def train_on_groups(
         "logprob_mismatch": round(mismatch_sum / tokens, 8),
         "logprob_mismatch_max": round(mismatch_max, 8),
         "grad_norm": round(float(grad_norm), 6),
+        "tokens_trained": sum(batch.forward_tokens for batch in batches),
     }
     if config.kl_coef > 0:
         record["kl"] = round(kl_sum / tokens, 8)

@@ -3,7 +3,7 @@
 Covers: the tokenizer built from a sample of the curriculum, the model built
 from `TinyConfig`, a weighted next-token loss (full weight on the trained
 assistant turns, `context_weight` on every other token), AdamW with warm-up and
-cosine decay, bf16 autocast on the CPU, periodic atomic checkpoints and exact
+cosine decay, bf16 autocast, the CPU or a GPU (`device`), periodic atomic checkpoints and exact
 resume (batch k is a pure function of (seed, k)), a progress bar, and the
 finished model saved as a Hugging Face directory in the cache.
 
@@ -32,7 +32,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from onthejob import curriculum
 from onthejob.curriculum import CurriculumConfig, EpisodePools
-from onthejob.models import TinyConfig, build_model, render_chat, save_model, train_tokenizer
+from onthejob.models import (
+    TinyConfig,
+    bf16_autocast,
+    build_model,
+    check_device,
+    render_chat,
+    save_model,
+    train_tokenizer,
+)
 from onthejob.train.checkpoint import adamw, latest_checkpoint, resume_run, save_checkpoint
 
 CURRICULUM_VERSION = "3"
@@ -65,7 +73,8 @@ class PretrainConfig:
     tokenizer_sample: int = 3000
     """Curriculum examples the tokenizer is trained on."""
     bf16: bool = False
-    """Autocast to bfloat16: faster only on CPUs with AVX512-BF16 or AMX; on AVX2-only CPUs it is ~40x slower."""
+    """Autocast to bfloat16: the choice on a GPU; on a CPU faster only with AVX512-BF16 or
+    AMX (on AVX2-only CPUs it is ~40x slower)."""
     micro_batches: int = 2
     """Each batch is sorted by length and split into this many micro-batches (less padding)."""
     seed: int = 0
@@ -176,8 +185,13 @@ def pretrain(
     resume: bool = True,
     show_progress: bool = True,
     on_step: Callable[[int, torch.nn.Module, PreTrainedTokenizerBase], None] | None = None,
+    device: str = "cpu",
 ) -> Path:
-    """Train and save the model to out_dir (default: the cache); returns out_dir."""
+    """Train and save the model to out_dir (default: the cache); returns out_dir.
+
+    `device` only places the work (cpu, cuda, cuda:1...); it is not part of the cache key.
+    """
+    where = check_device(device)
     out_dir = out_dir or default_model_dir(config)
     run_dir = run_dir or onthejob_home() / "runs" / f"pretrain-{config.key()}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +208,7 @@ def pretrain(
         tokenizer = build_tokenizer(config, data)
         tokenizer.save_pretrained(tokenizer_dir)
     model = build_model(config.model, tokenizer, seed=config.seed)
+    model.to(where)  # type: ignore[arg-type]  # transformers types .to as a model's
     optimizer = adamw(model.parameters(), config.lr, config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
 
@@ -231,8 +246,9 @@ def pretrain(
             loss_sum = 0.0
             per_micro = math.ceil(len(rows) / config.micro_batches)
             for lo in range(0, len(rows), per_micro):
-                input_ids, mask, targets, weights = collate(rows[lo : lo + per_micro], pad_id)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                batch = collate(rows[lo : lo + per_micro], pad_id)
+                input_ids, mask, targets, weights = (t.to(where) for t in batch)
+                with bf16_autocast(where, enabled=config.bf16):
                     logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
                 share = float(weights.sum()) / total_weight
                 loss = weighted_lm_loss(logits, targets, weights) * share

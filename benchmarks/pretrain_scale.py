@@ -101,7 +101,7 @@ def main() -> None:
             return
         row = {
             "step": step,
-            "train_s": time.perf_counter() - started,
+            "elapsed_s": time.perf_counter() - started,
             **evaluate(model, tokenizer, args.n),
         }
         rows.append(row)

@@ -84,6 +84,38 @@ def matmul_parameters(model: torch.nn.Module) -> int:
     return total if embed is head else total - embed.numel()
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The larger model's shape (207M parameters with the default tokenizer)."""
+    parser.add_argument("--hidden", type=int, default=1024, help="model width")
+    parser.add_argument("--layers", type=int, default=16, help="transformer blocks")
+    parser.add_argument("--heads", type=int, default=16, help="attention heads")
+    parser.add_argument("--kv-heads", type=int, default=16, help="key/value heads")
+    parser.add_argument("--ffn", type=int, default=2816, help="SwiGLU width")
+
+
+def larger_pretraining(
+    args: argparse.Namespace, steps: int, batch: int, lr: float
+) -> PretrainConfig:
+    """The default curriculum and loss, for the shape the flags give, in bf16 autocast."""
+    shape = TinyConfig(
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        intermediate_size=args.ffn,
+    )
+    return replace(
+        PretrainConfig(),
+        model=shape,
+        steps=steps,
+        batch_size=batch,
+        lr=lr,
+        warmup_steps=min(50, steps // 10 + 1),
+        bf16=True,
+        checkpoint_every=10**9,
+    )
+
+
 def summarize(records: list[dict[str, Any]], n: int, peak: float) -> dict[str, float]:
     """Medians over the steps after the first, and the MFU they imply against peak TFLOP/s."""
     steady = records[1:] or records
@@ -121,11 +153,7 @@ def summarize(records: list[dict[str, Any]], n: int, peak: float) -> dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1... (cpu: a smoke run)")
-    parser.add_argument("--hidden", type=int, default=1024, help="model width")
-    parser.add_argument("--layers", type=int, default=16, help="transformer blocks")
-    parser.add_argument("--heads", type=int, default=16, help="attention heads")
-    parser.add_argument("--kv-heads", type=int, default=16, help="key/value heads")
-    parser.add_argument("--ffn", type=int, default=2816, help="SwiGLU width")
+    add_model_flags(parser)
     parser.add_argument("--pretrain-steps", type=int, default=1200, help="from-scratch steps")
     parser.add_argument("--pretrain-batch", type=int, default=64, help="examples per step")
     parser.add_argument("--pretrain-lr", type=float, default=5e-4, help="peak pretraining lr")
@@ -153,23 +181,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; measured bf16 matmul peak {peak:.1f} TFLOP/s (n={args.peak_n})")
 
-    shape = TinyConfig(
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.kv_heads,
-        intermediate_size=args.ffn,
-    )
-    pre = replace(
-        PretrainConfig(),
-        model=shape,
-        steps=args.pretrain_steps,
-        batch_size=args.pretrain_batch,
-        lr=args.pretrain_lr,
-        warmup_steps=min(50, args.pretrain_steps // 10 + 1),
-        bf16=True,
-        checkpoint_every=10**9,
-    )
+    pre = larger_pretraining(args, args.pretrain_steps, args.pretrain_batch, args.pretrain_lr)
     started = time.perf_counter()
     model_dir = pretrain(
         pre,
@@ -197,7 +209,7 @@ def main() -> None:
         "peak_tflops": peak,
         "parameters": total,
         "matmul_parameters": n,
-        "model": asdict(shape),
+        "model": asdict(pre.model),
         "pretrain": {"steps": pre.steps, "batch": pre.batch_size, "lr": pre.lr, "s": pretrain_s},
         "runs": {},
     }

@@ -22,17 +22,18 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from grpo_gpu import add_model_flags, larger_pretraining
 from side_by_side import prepare_process
 from transformers import PreTrainedTokenizerBase
 
 from onthejob import evals
-from onthejob.models import TinyConfig, bf16_autocast, check_device, count_parameters
-from onthejob.train.pretrain import PretrainConfig, pretrain
+from onthejob.models import bf16_autocast, check_device, count_parameters
+from onthejob.train.pretrain import pretrain
 
 ENVS = ("arith", "program", "shop")
 
@@ -59,10 +60,7 @@ def evaluate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1... (cpu: a smoke run)")
-    parser.add_argument("--hidden", type=int, default=1024, help="model width")
-    parser.add_argument("--layers", type=int, default=16, help="transformer blocks")
-    parser.add_argument("--heads", type=int, default=16, help="attention heads")
-    parser.add_argument("--ffn", type=int, default=2816, help="SwiGLU width")
+    add_model_flags(parser)
     parser.add_argument("--steps", type=int, default=900, help="pretraining steps")
     parser.add_argument("--batch", type=int, default=128, help="examples per step")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
@@ -76,23 +74,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pretrain-scale-work-"))
 
-    shape = TinyConfig(
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.heads,
-        intermediate_size=args.ffn,
-    )
-    config = replace(
-        PretrainConfig(),
-        model=shape,
-        steps=args.steps,
-        batch_size=args.batch,
-        lr=args.lr,
-        warmup_steps=min(50, args.steps // 10 + 1),
-        bf16=True,
-        checkpoint_every=10**9,
-    )
+    config = larger_pretraining(args, args.steps, args.batch, args.lr)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
 
@@ -120,7 +102,7 @@ def main() -> None:
     model, _ = load_model(work / "model")
     result = {
         "parameters": count_parameters(model),
-        "model": asdict(shape),
+        "model": asdict(config.model),
         "config": {"steps": config.steps, "batch": config.batch_size, "lr": config.lr},
         "evals": rows,
     }

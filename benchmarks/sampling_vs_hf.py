@@ -12,7 +12,13 @@ and the best run of each is compared (as `timeit` does: on a shared machine the
 best run is the one least disturbed). Ends with one line `speedup: X.XX`
 (HF time / onthejob time, higher is better).
 
+On a GPU (`--device cuda`), both sides run the same weights in `--dtype`
+(bfloat16: no autocast on either side), the clock stops after a CUDA
+synchronize, and `--hidden/--layers/--heads/--ffn` give the fresh model a
+larger shape than the default's.
+
     .venv/bin/python benchmarks/sampling_vs_hf.py [--model PATH] [--repeats 5]
+        [--device cuda --dtype bfloat16 --hidden 1024 --layers 16 --heads 16 --ffn 2816]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from onthejob.models import (
     TinyConfig,
     build_model,
     chat_prompt_ids,
+    check_device,
     count_parameters,
     load_model,
     train_tokenizer,
@@ -105,18 +112,37 @@ def main() -> None:
         default=PretrainConfig().vocab_size,
         help="vocabulary of the fresh model (default: the pretrained default's)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1...")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="weights of both"
+    )
+    default = TinyConfig()
+    parser.add_argument("--hidden", type=int, default=default.hidden_size, help="fresh model")
+    parser.add_argument("--layers", type=int, default=default.num_layers, help="fresh model")
+    parser.add_argument("--heads", type=int, default=default.num_heads, help="fresh model")
+    parser.add_argument("--ffn", type=int, default=default.intermediate_size, help="fresh model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = check_device(args.device)
+    dtype = getattr(torch, args.dtype)
 
     model: Any
     if args.model:
         model, tokenizer = load_model(args.model)
     else:
-        # The default model's shape and vocabulary size (the ratio depends on the
-        # vocabulary: HF's per-step sampling cost grows with it).
+        # The default model's shape (unless the flags say otherwise) and vocabulary size
+        # (the ratio depends on the vocabulary: HF's per-step sampling cost grows with it).
         tokenizer = train_tokenizer(synthetic_texts(20000), vocab_size=args.vocab_size)
-        model = build_model(TinyConfig(), tokenizer).eval()
+        shape = TinyConfig(
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            num_kv_heads=args.heads,
+            intermediate_size=args.ffn,
+        )
+        model = build_model(shape, tokenizer).eval()
+    model.to(device=device, dtype=dtype)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores / 2:
         print(
@@ -127,7 +153,8 @@ def main() -> None:
     lengths = [len(p) for p in prompts]
     print(
         f"model: {type(model).__name__}, {count_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
-        f"attention {model.config._attn_implementation}, dtype {model.dtype}, torch threads {torch.get_num_threads()}"
+        f"attention {model.config._attn_implementation}, dtype {model.dtype}, device {device}, "
+        f"torch threads {torch.get_num_threads()}"
     )
     print(
         f"batch {args.batch}, prompt tokens min/mean/max {min(lengths)}/{statistics.mean(lengths):.0f}/{max(lengths)}, "
@@ -154,6 +181,7 @@ def main() -> None:
     generation_config.top_p = args.top_p
     generation_config.max_new_tokens = args.max_new_tokens
     input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
 
     def run_hf() -> int:
         with torch.inference_mode():
@@ -162,6 +190,8 @@ def main() -> None:
                 attention_mask=attention_mask,
                 generation_config=generation_config,
             )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         new = out.shape[1] - input_ids.shape[1]
         assert new == args.max_new_tokens, f"HF generated {new} tokens, not {args.max_new_tokens}"
         return args.batch * new

@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from side_by_side import prepare_process
+from side_by_side import LARGER, add_shape_flags, prepare_process, shape_from_flags
 
-from onthejob.models import TinyConfig, check_device, count_parameters, load_model
+from onthejob.models import check_device, count_parameters, load_model
 from onthejob.train.grpo import GRPOConfig, train
 from onthejob.train.pretrain import PretrainConfig, pretrain
 
@@ -84,29 +84,13 @@ def matmul_parameters(model: torch.nn.Module) -> int:
     return total if embed is head else total - embed.numel()
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """The larger model's shape (207M parameters with the default tokenizer)."""
-    parser.add_argument("--hidden", type=int, default=1024, help="model width")
-    parser.add_argument("--layers", type=int, default=16, help="transformer blocks")
-    parser.add_argument("--heads", type=int, default=16, help="attention heads")
-    parser.add_argument("--kv-heads", type=int, default=16, help="key/value heads")
-    parser.add_argument("--ffn", type=int, default=2816, help="SwiGLU width")
-
-
 def larger_pretraining(
     args: argparse.Namespace, steps: int, batch: int, lr: float
 ) -> PretrainConfig:
     """The default curriculum and loss, for the shape the flags give, in bf16 autocast."""
-    shape = TinyConfig(
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.kv_heads,
-        intermediate_size=args.ffn,
-    )
     return replace(
         PretrainConfig(),
-        model=shape,
+        model=shape_from_flags(args),
         steps=steps,
         batch_size=batch,
         lr=lr,
@@ -153,7 +137,7 @@ def summarize(records: list[dict[str, Any]], n: int, peak: float) -> dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1... (cpu: a smoke run)")
-    add_model_flags(parser)
+    add_shape_flags(parser, LARGER)
     parser.add_argument("--pretrain-steps", type=int, default=1200, help="from-scratch steps")
     parser.add_argument("--pretrain-batch", type=int, default=64, help="examples per step")
     parser.add_argument("--pretrain-lr", type=float, default=5e-4, help="peak pretraining lr")

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from grpo_gpu import add_model_flags, larger_pretraining
-from side_by_side import prepare_process
+from grpo_gpu import larger_pretraining
+from side_by_side import LARGER, add_shape_flags, prepare_process
 from transformers import PreTrainedTokenizerBase
 
 from onthejob import evals
@@ -60,7 +60,7 @@ def evaluate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1... (cpu: a smoke run)")
-    add_model_flags(parser)
+    add_shape_flags(parser, LARGER)
     parser.add_argument("--steps", type=int, default=900, help="pretraining steps")
     parser.add_argument("--batch", type=int, default=128, help="examples per step")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")

@@ -18,7 +18,7 @@ synchronize, and `--hidden/--layers/--heads/--ffn` give the fresh model a
 larger shape than the default's.
 
     .venv/bin/python benchmarks/sampling_vs_hf.py [--model PATH] [--repeats 5]
-        [--device cuda --dtype bfloat16 --hidden 1024 --layers 16 --heads 16 --ffn 2816]
+        [--device cuda --dtype bfloat16 --hidden 1024 --layers 16 --heads 16 --kv-heads 16 --ffn 2816]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 import torch
+from side_by_side import add_shape_flags, shape_from_flags
 
 from onthejob.models import (
     TinyConfig,
@@ -116,11 +117,7 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16"), help="weights of both"
     )
-    default = TinyConfig()
-    parser.add_argument("--hidden", type=int, default=default.hidden_size, help="fresh model")
-    parser.add_argument("--layers", type=int, default=default.num_layers, help="fresh model")
-    parser.add_argument("--heads", type=int, default=default.num_heads, help="fresh model")
-    parser.add_argument("--ffn", type=int, default=default.intermediate_size, help="fresh model")
+    add_shape_flags(parser, TinyConfig())
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,14 +131,7 @@ def main() -> None:
         # The default model's shape (unless the flags say otherwise) and vocabulary size
         # (the ratio depends on the vocabulary: HF's per-step sampling cost grows with it).
         tokenizer = train_tokenizer(synthetic_texts(20000), vocab_size=args.vocab_size)
-        shape = TinyConfig(
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            num_heads=args.heads,
-            num_kv_heads=args.heads,
-            intermediate_size=args.ffn,
-        )
-        model = build_model(shape, tokenizer).eval()
+        model = build_model(shape_from_flags(args), tokenizer).eval()
     model.to(device=device, dtype=dtype)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores / 2:

@@ -11,6 +11,7 @@ numbers. Not covered: what each benchmark runs; each script says so in its docst
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -57,6 +58,32 @@ def resolve_model_dir(
     tokenizer = train_tokenizer(tokenizer_texts(), vocab_size=PretrainConfig().vocab_size)
     save_model(build_model(TinyConfig(), tokenizer), tokenizer, path)
     return path, "fresh TinyConfig() model (no pretrained default is cached)"
+
+
+LARGER = TinyConfig(
+    hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=16, intermediate_size=2816
+)
+"""The GPU benchmarks' larger shape: 207.1M parameters with the default tokenizer."""
+
+
+def add_shape_flags(parser: argparse.ArgumentParser, default: TinyConfig) -> None:
+    """--hidden, --layers, --heads, --kv-heads, --ffn of a fresh model, defaulting to `default`."""
+    parser.add_argument("--hidden", type=int, default=default.hidden_size, help="model width")
+    parser.add_argument("--layers", type=int, default=default.num_layers, help="blocks")
+    parser.add_argument("--heads", type=int, default=default.num_heads, help="attention heads")
+    parser.add_argument("--kv-heads", type=int, default=default.num_kv_heads, help="KV heads")
+    parser.add_argument("--ffn", type=int, default=default.intermediate_size, help="SwiGLU width")
+
+
+def shape_from_flags(args: argparse.Namespace) -> TinyConfig:
+    """The shape `add_shape_flags`' flags give."""
+    return TinyConfig(
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        intermediate_size=args.ffn,
+    )
 
 
 def step_clock(step_seconds: list[float]) -> Any:

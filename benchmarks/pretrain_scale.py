@@ -32,7 +32,7 @@ from side_by_side import LARGER, add_shape_flags, prepare_process
 from transformers import PreTrainedTokenizerBase
 
 from onthejob import evals
-from onthejob.models import bf16_autocast, check_device, count_parameters
+from onthejob.models import bf16_autocast, check_device, count_parameters, model_device
 from onthejob.train.pretrain import pretrain
 
 ENVS = ("arith", "program", "shop")
@@ -40,7 +40,7 @@ ENVS = ("arith", "program", "shop")
 
 def evaluate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n: int) -> dict[str, Any]:
     """The held-out skills `onthejob eval` reports, greedy, n items each."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     model.eval()
     with torch.no_grad(), bf16_autocast(device):
         reading = evals.context_reading(model, tokenizer, n=n)

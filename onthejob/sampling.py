@@ -49,6 +49,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from onthejob.models.fast import LeanDecoder, base_causal_lm, lean_decoder_supports
+from onthejob.models.hf import model_device
 from onthejob.models.logprobs import positions_from_mask
 from onthejob.models.tokenizer import end_token_ids
 
@@ -347,7 +348,7 @@ def sample(
     """
     checked = _check_prompts(model, prompts, config)
     eos = end_token_ids(tokenizer) if eos_token_ids is None else [int(t) for t in eos_token_ids]
-    device = model.get_input_embeddings().weight.device  # type: ignore[operator]
+    device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
     max_len = max(map(len, checked)) + config.max_new_tokens
     generator = None

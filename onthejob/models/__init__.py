@@ -10,6 +10,7 @@ from onthejob.models.hf import (
     check_model_dir,
     count_parameters,
     load_model,
+    model_device,
     save_model,
 )
 from onthejob.models.logprobs import entropy, gather_logprobs, token_logprobs
@@ -46,6 +47,7 @@ __all__ = [
     "gather_logprobs",
     "load_adapter",
     "load_model",
+    "model_device",
     "render_chat",
     "save_model",
     "token_logprobs",

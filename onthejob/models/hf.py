@@ -130,6 +130,11 @@ def check_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights are (its input embedding's device; adapters included)."""
+    return model.get_input_embeddings().weight.device  # type: ignore[operator]
+
+
 def bf16_autocast(device: str | torch.device, enabled: bool = True) -> torch.autocast:
     """Autocast to bfloat16 on `device` when enabled: matmuls run in bf16, while weights,
     optimizer state and the reductions autocast keeps in float32 stay float32."""

@@ -73,7 +73,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from onthejob import evals
 from onthejob.curriculum import available_tasks
 from onthejob.envs import ENVS, Task, make_config
-from onthejob.models import bf16_autocast, load_model, save_model
+from onthejob.models import bf16_autocast, load_model, model_device, save_model
 from onthejob.models.fast import base_causal_lm
 from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora
 from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
@@ -558,16 +558,12 @@ def evaluate(
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Greedy held-out success per env (evals.env_success at the config's difficulty)."""
     rates, played = {}, {}
-    with bf16_autocast(_device(model), enabled=config.bf16):
+    with bf16_autocast(model_device(model), enabled=config.bf16):
         for env in config.envs:
             rates[env], played[env] = evals.env_success(
                 model, tokenizer, env, n=config.eval_n, difficulty=config.difficulty
             )
     return rates, played
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def default_run_dir(config: GRPOConfig, model_dir: Path) -> Path:
@@ -704,7 +700,7 @@ def grpo_step(
                 top_p=config.top_p,
                 seed=seed,
             )
-            with bf16_autocast(_device(learner.model), enabled=config.bf16):
+            with bf16_autocast(model_device(learner.model), enabled=config.bf16):
                 groups = run_groups(
                     learner.model,
                     learner.tokenizer,
@@ -772,7 +768,7 @@ def train_on_groups(
     model, optimizer = learner.model, learner.optimizer
     if not groups:
         return dict.fromkeys(TRAIN_FIELDS + (("kl",) if config.kl_coef > 0 else ()), 0.0)
-    device = _device(model)
+    device = model_device(model)
     batches = [batch.to(device) for batch in micro_batches(config, learner, groups)]
     n_rows = sum(len(group) for group, _ in groups)
     batch_tokens = sum(int(b.mask.sum()) for b in batches)

@@ -75,7 +75,7 @@ from peft import PeftModel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PreTrainedTokenizerBase
 
-from onthejob.models import LoraSettings, adapter_disabled, add_lora, save_model
+from onthejob.models import LoraSettings, adapter_disabled, add_lora, model_device, save_model
 from onthejob.models.fast import base_causal_lm
 from onthejob.models.logprobs import gather_logprobs
 from onthejob.models.tokenizer import chat_prompt_ids
@@ -386,7 +386,7 @@ def completion_logits(
     sequences run through the model's own forward (causal attention alone is exact for
     every real position, so no attention mask is passed).
     """
-    device = model.get_input_embeddings().weight.device  # type: ignore[operator]
+    device = model_device(model)
     rows = [(g, list(c)) for g, group in enumerate(completions) for c in group]
     lm = base_causal_lm(model)
     body, head = getattr(lm, "model", None), lm.get_output_embeddings()

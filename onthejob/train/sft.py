@@ -40,7 +40,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import PreTrainedTokenizerBase
 
 from onthejob.curriculum import Example
-from onthejob.models import LoraSettings, save_model
+from onthejob.models import LoraSettings, model_device, save_model
 from onthejob.models.fast import base_causal_lm
 from onthejob.sampling import SamplingConfig, sample
 from onthejob.train.checkpoint import adamw, after_step, budget_left, resume_run
@@ -222,7 +222,7 @@ def batch_loss(
 ) -> tuple[torch.Tensor, float]:
     """(weighted cross-entropy of the rows' trained tokens, their number); the output head
     runs only where the weight is non-zero."""
-    device = model.get_input_embeddings().weight.device  # type: ignore[operator]
+    device = model_device(model)
     input_ids, mask, targets, weights = (t.to(device) for t in collate(rows, pad_id))
     lm = base_causal_lm(model)
     body, head = getattr(lm, "model", None), lm.get_output_embeddings()

@@ -198,6 +198,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ]
     for kind, acc in reading.by_kind.items():
         rows.append((f"  with the document: {kind}s", acc, ""))
+    copying = evals.context_reading(model, tokenizer, n=n, items=(1, 1))
+    weakest = sorted(copying.by_answer.items(), key=lambda kv: kv[1])[:3]
+    rows.append(
+        (
+            "  one-item documents (copying, no search)",
+            copying.with_context,
+            "weakest: " + ", ".join(f"{name} {acc:.2f}" for name, acc in weakest),
+        )
+    )
     rows.append(("following a correction", evals.correction_following(model, tokenizer, n=n), ""))
     for env_name in args.envs.split(","):
         rate, played = evals.env_success(
@@ -213,8 +222,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows.append(("world model: next shop page exact", evals.world_model(model, tokenizer, n=n), ""))
 
     table = Table(title=f"evaluation of {model_dir.name} ({n} held-out items each, greedy)")
-    table.add_column("skill")
-    table.add_column("score", justify="right")
+    table.add_column("skill", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
     table.add_column("note")
     for name, score, note in rows:
         table.add_row(name, f"{score:.3f}", note)
@@ -226,6 +235,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "n": n,
             "scores": {name.strip(): score for name, score, _ in rows},
             "reading": asdict(reading),
+            "copying": asdict(copying),
         }
         Path(args.json).write_text(json.dumps(record, indent=2))
     return 0

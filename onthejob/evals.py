@@ -5,7 +5,9 @@ Covers, each as a function returning plain numbers:
 - `context_reading`: fresh documents of 8-12 items (facts, procedures,
   conventions, with distractors), one question each in a random phrasing;
   accuracy with the document in context and without it, and the chance level
-  of guessing (1 / size of the answer pool of each question);
+  of guessing (1 / size of the answer pool of each question), by item kind and
+  by answer type. With `items=(1, 1)` it measures copying alone: the document
+  holds only the item asked about, so nothing has to be searched;
 - `correction_following`: accuracy after a correction or announced change;
 - `env_success`: greedy success on the held-out (test) tasks of an env;
 - `world_model`: exact next-observation prediction on held-out shop tasks.
@@ -72,15 +74,28 @@ class ReadingResult:
     """Mean probability of a uniform guess being right."""
     by_kind: dict[str, float]
     """With-context accuracy per item kind (fact, procedure, convention)."""
+    by_answer: dict[str, float]
+    """With-context accuracy per answer type: a fact's relation (owner, port...), procedure
+    or convention. Copying works for some types long before others (docs/results.md)."""
     n: int
     """Questions asked."""
 
 
+def answer_type(item: knowledge.Item) -> str:
+    """A fact's relation, else the item's kind ("procedure", "convention")."""
+    return item.relation if isinstance(item, knowledge.Fact) else type(item).__name__.lower()
+
+
 def context_reading(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n: int = 200, seed: int = EVAL_SEED
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int = 200,
+    seed: int = EVAL_SEED,
+    items: tuple[int, int] = (8, 12),
 ) -> ReadingResult:
+    """Reading accuracy on n fresh documents of items[0]..items[1] items, one question each."""
     rng = random.Random(seed)
-    probes = [curriculum.knowledge_probe(rng, rng.randint(8, 12)) for _ in range(n)]
+    probes = [curriculum.knowledge_probe(rng, rng.randint(*items)) for _ in range(n)]
     with_doc = answer_all(model, tokenizer, [list(a.messages[:-1]) for a, _ in probes])
     without = answer_all(model, tokenizer, [list(b.messages[:-1]) for _, b in probes])
     right_with = [
@@ -90,17 +105,20 @@ def context_reading(
         knowledge.is_correct(x, b.answer) for x, (_, b) in zip(without, probes, strict=True)
     ]
     kinds: dict[str, list[bool]] = {}
+    types: dict[str, list[bool]] = {}
     chances = []
     for (a, _), ok in zip(probes, right_with, strict=True):
         item = a.item
         assert item is not None
         kinds.setdefault(type(item).__name__.lower(), []).append(ok)
+        types.setdefault(answer_type(item), []).append(ok)
         chances.append(chance_of(item))
     return ReadingResult(
         with_context=sum(right_with) / n,
         without_context=sum(right_without) / n,
         chance=sum(chances) / n,
         by_kind={k: sum(v) / len(v) for k, v in sorted(kinds.items())},
+        by_answer={k: sum(v) / len(v) for k, v in sorted(types.items())},
         n=n,
     )
 

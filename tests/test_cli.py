@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from onthejob import knowledge
 from onthejob.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,16 @@ def test_eval_prints_the_table_and_writes_json(toy_model, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "context reading, with the document" in result.stdout
     record = json.loads(scores.read_text())
-    assert set(record["scores"]) >= {"arith success (held-out, level 1)", "following a correction"}
+    assert set(record["scores"]) >= {
+        "arith success (held-out, level 1)",
+        "following a correction",
+        "one-item documents (copying, no search)",
+    }
+    assert set(record["copying"]["by_answer"]) <= {
+        *(relation.name for relation in knowledge.RELATIONS),
+        "procedure",
+        "convention",
+    }
     assert all(0.0 <= v <= 1.0 for v in record["scores"].values())
 
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from onthejob import curriculum
+from onthejob import curriculum, evals, knowledge
 from onthejob.curriculum import CurriculumConfig, EpisodePools, Mixture
 from onthejob.models import TinyConfig, load_model
 from onthejob.train.checkpoint import latest_checkpoint
@@ -88,6 +88,20 @@ def test_knowledge_probe_pairs_share_the_question_and_only_one_has_notes():
         assert "notes:" in with_doc.messages[0]["content"]
         assert "notes:" not in without.messages[0]["content"]
         assert with_doc.item is not None and with_doc.answer
+
+
+def test_a_one_item_probe_states_only_the_item_asked_about():
+    rng = random.Random(2)
+    for _ in range(30):
+        with_doc, _ = curriculum.knowledge_probe(rng, 1)
+        notes = with_doc.messages[0]["content"].split("notes:\n", 1)[1]
+        assert [knowledge.parse_statement(line) for line in notes.splitlines()] == [with_doc.item]
+
+
+def test_answer_type_names_the_relation_or_the_kind():
+    assert evals.answer_type(knowledge.Fact("billing", "port", "1501")) == "port"
+    assert evals.answer_type(knowledge.Procedure("auth", "deploy", ("a", "b", "c"))) == "procedure"
+    assert evals.answer_type(knowledge.Convention("wiki", "ops")) == "convention"
 
 
 TOY = PretrainConfig(

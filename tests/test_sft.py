@@ -13,7 +13,7 @@ from onthejob.prompts import KNOWLEDGE_SYSTEM
 from onthejob.sampling import SamplingConfig, sample
 from onthejob.train import sft as sft_module
 from onthejob.train.grpo import ConfigError
-from onthejob.train.opsd import Probe, probe_prompts, teacher_messages
+from onthejob.train.opsd import OPSDConfig, Probe, probe_prompts, teacher_messages
 from onthejob.train.sft import (
     SFTConfig,
     SFTExample,
@@ -94,6 +94,28 @@ def test_bad_examples_and_configs_say_what_is_wrong():
         SFTConfig(lr=0.0)
     with pytest.raises(ConfigError, match="^token_budget"):
         SFTConfig(token_budget=0)
+    with pytest.raises(ConfigError, match="^max_len must be > 0"):
+        SFTConfig(max_len=0)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("steps", 0), ("micro_batch_size", 0), ("lora_rank", 0), ("grad_clip", 0.0),
+     ("weight_decay", -1.0), ("token_budget", 0), ("checkpoint_every", -1)],
+)  # fmt: skip
+def test_sft_and_opsd_check_their_shared_update_settings_alike(field, value):
+    messages = []
+    for config_type in (SFTConfig, OPSDConfig):
+        with pytest.raises(ConfigError) as error:
+            config_type(**{field: value})
+        messages.append(str(error.value))
+    assert messages[0] == messages[1] and messages[0].startswith(f"{field} must be")
+
+
+def test_each_method_keeps_its_own_learning_rate_and_micro_batch():
+    assert (SFTConfig().lr, SFTConfig().micro_batch_size) == (2e-4, 16)
+    assert (OPSDConfig().lr, OPSDConfig().micro_batch_size) == (1e-3, 32)
+    assert SFTConfig().lora_settings() is not None and SFTConfig(lora=False).lora_settings() is None
 
 
 def test_transcript_examples_train_every_assistant_turn_of_each_session():

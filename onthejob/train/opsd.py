@@ -59,14 +59,13 @@ One optimizer step per batch of samples; constant learning rate.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +82,7 @@ from onthejob.sampling import SamplingConfig, sample
 from onthejob.train.checkpoint import adamw, after_step, budget_left, resume_run
 from onthejob.train.grpo import ConfigError
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
+from onthejob.train.update import UpdateConfig, UpdateResult
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "sampled")
 TEACHERS = ("fixed", "base", "ema", "live")
@@ -176,25 +176,22 @@ def probe_prompts(tokenizer: PreTrainedTokenizerBase, probe: Probe) -> tuple[lis
 
 
 @dataclass(frozen=True)
-class OPSDConfig:
-    """Everything that decides an OPSD run (hashed into its checkpoints)."""
+class OPSDConfig(UpdateConfig):
+    """Everything that decides an OPSD run (hashed into its checkpoints): the shared update
+    settings of `UpdateConfig` and what only on-policy distillation has."""
 
-    steps: int = 100
-    """Optimizer steps (one batch of student samples each)."""
-    batch_size: int = 8
-    """Probes per step (drawn without replacement, epoch after epoch)."""
+    lr: float = 1e-3
+    """Learning rate (AdamW, constant). On the default model, 12k sampled tokens at 2e-4
+    moved no-context recall by +0.000 at org 21 (+0.025 at org 1), at 1e-3 by +0.077
+    (org 1, 25k tokens: +0.175); see docs/results.md."""
+    micro_batch_size: int = 32
+    """Samples per forward/backward (whole probes); gradients accumulate over a step."""
     samples_per_probe: int = 4
     """Student samples per probe per step."""
     max_new_tokens: int = 32
     """Most tokens per student sample (its end token included)."""
     temperature: float = 1.0
     """Sampling temperature; the divergence always compares the temperature-1 distributions."""
-    lr: float = 1e-3
-    """Learning rate (AdamW, constant). On the default model, 12k sampled tokens at 2e-4
-    moved no-context recall by +0.000 at org 21 (+0.025 at org 1), at 1e-3 by +0.077
-    (org 1, 25k tokens: +0.175); see docs/results.md."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on matrices."""
     divergence: str = "forward_kl"
     """"forward_kl" KL(teacher||student), "reverse_kl" KL(student||teacher), "jsd" (beta) or "sampled"."""
     beta: float = 0.5
@@ -209,34 +206,13 @@ class OPSDConfig:
     "ema", or "live"."""
     ema_decay: float = 0.99
     """teacher="ema": teacher <- decay * teacher + (1 - decay) * student after each step."""
-    lora: bool = True
-    """Train a LoRA adapter (default) instead of every weight."""
-    lora_rank: int = 16
-    """LoRA rank."""
-    lora_alpha: float = 32.0
-    """LoRA scale numerator (the update is multiplied by alpha / rank)."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip."""
-    micro_batch_size: int = 32
-    """Samples per forward/backward (whole probes); gradients accumulate over a step."""
-    token_budget: int | None = None
-    """Stop after the step that brings the sampled tokens trained on to this many (None: all steps)."""
-    seed: int = 0
-    """Seeds probe order, sampling and the adapter's initialisation."""
-    log_every: int = 1
-    """Steps between metric lines (the last step is always logged)."""
-    checkpoint_every: int = 0
-    """Steps between checkpoints in run_dir (0: none)."""
 
-    def __post_init__(self) -> None:
-        problems = {
-            "steps": (self.steps < 1, "> 0"),
-            "batch_size": (self.batch_size < 1, "> 0"),
+    def problems(self) -> dict[str, tuple[bool, str]]:
+        return {
+            **super().problems(),
             "samples_per_probe": (self.samples_per_probe < 1, "> 0"),
             "max_new_tokens": (self.max_new_tokens < 1, "> 0"),
             "temperature": (not self.temperature > 0, "> 0 (the student must sample)"),
-            "lr": (not self.lr > 0, "> 0"),
-            "weight_decay": (self.weight_decay < 0, ">= 0"),
             "divergence": (self.divergence not in DIVERGENCES, " or ".join(DIVERGENCES)),
             "beta": (not 0 <= self.beta <= 1, "in [0, 1]"),
             "clip": (self.clip is not None and not self.clip > 0, "> 0 or None (off)"),
@@ -250,21 +226,7 @@ class OPSDConfig:
                 " or ".join(TEACHERS) + ' ("base" only with lora: it switches the adapter off)',
             ),
             "ema_decay": (not 0 <= self.ema_decay < 1, "in [0, 1)"),
-            "lora_rank": (self.lora_rank < 1, "> 0"),
-            "lora_alpha": (not self.lora_alpha > 0, "> 0"),
-            "grad_clip": (not self.grad_clip > 0, "> 0"),
-            "micro_batch_size": (self.micro_batch_size < 1, "> 0"),
-            "token_budget": (self.token_budget is not None and self.token_budget < 1, "> 0"),
-            "log_every": (self.log_every < 1, "> 0"),
-            "checkpoint_every": (self.checkpoint_every < 0, ">= 0"),
         }
-        for name, (bad, want) in problems.items():
-            if bad:
-                raise ConfigError(name, f"must be {want}, got {getattr(self, name)!r}")
-
-    def key(self) -> str:
-        """Short hash of the config."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------- the losses
@@ -517,28 +479,6 @@ class Teacher:
 
 
 @dataclass
-class DistillResult:
-    """What a distillation run produced."""
-
-    model: torch.nn.Module
-    """The trained student: a PeftModel under LoRA (the caller's model, adapter injected)."""
-    steps: int
-    """Optimizer steps taken (fewer than config.steps when the token budget ran out)."""
-    tokens: int
-    """Sampled tokens trained on, over all steps (compare methods at the same budget)."""
-    seconds: float
-    """Wall seconds of the loop."""
-    metrics: dict[str, Any]
-    """The last step's metrics."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """Every logged step's metrics."""
-    out_dir: Path | None = None
-    """Where the adapter (or the full model) was saved."""
-    run_dir: Path | None = None
-    """metrics.jsonl and checkpoint/."""
-
-
-@dataclass
 class _Run:
     """One run's moving parts."""
 
@@ -578,7 +518,7 @@ def distill(
     run_dir: Path | None = None,
     show_progress: bool = True,
     resume: bool = False,
-) -> DistillResult:
+) -> UpdateResult:
     """Distill each probe's context into the student (see the module docstring).
 
     Under LoRA (the default) the given model gets the adapter in place: use the result's
@@ -597,7 +537,7 @@ def distill(
                 f"({config.max_new_tokens}) exceeds the model's {limit} positions; shorten its context"
             )
     torch.manual_seed(config.seed)
-    lora = LoraSettings(rank=config.lora_rank, alpha=config.lora_alpha) if config.lora else None
+    lora = config.lora_settings()
     student, fresh = prepare_student(model, lora)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = adamw(params, config.lr, config.weight_decay, betas=(0.9, 0.99))
@@ -641,7 +581,7 @@ def distill(
         (out_dir / "opsd_config.json").write_text(
             json.dumps({**asdict(config), "probes": len(probes), "steps_taken": step}, indent=2)
         )
-    return DistillResult(student, step, tokens, seconds, record, history, out_dir, run_dir)
+    return UpdateResult(student, step, tokens, seconds, record, history, out_dir, run_dir)
 
 
 def opsd_step(run: _Run, step: int) -> dict[str, Any]:

@@ -27,11 +27,10 @@ a teacher sample cut by the token budget is dropped rather than trained to end t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import PreTrainedTokenizerBase
 
 from onthejob.curriculum import Example
-from onthejob.models import LoraSettings, model_device, save_model
+from onthejob.models import model_device, save_model
 from onthejob.models.fast import base_causal_lm
 from onthejob.sampling import SamplingConfig, sample
 from onthejob.train.checkpoint import adamw, after_step, budget_left, resume_run
-from onthejob.train.grpo import ConfigError
 from onthejob.train.opsd import Probe, epoch_indices, prepare_student, probe_prompts
 from onthejob.train.pretrain import collate, encode_example, weighted_lm_loss
+from onthejob.train.update import UpdateConfig, UpdateResult
 
 TIMING_FIELDS = ("step_s", "tokens_per_s")
 """Metric fields that measure time; every other field is reproducible for a seed."""
@@ -78,84 +77,15 @@ class SFTExample:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """Everything that decides an SFT run (hashed into its checkpoints)."""
+class SFTConfig(UpdateConfig):
+    """Everything that decides an SFT run (hashed into its checkpoints): the shared update
+    settings of `UpdateConfig` (the same budget and adapter as OPSD) and the cut length."""
 
-    steps: int = 100
-    """Optimizer steps."""
-    batch_size: int = 8
-    """Examples per step (drawn without replacement, epoch after epoch)."""
-    lr: float = 2e-4
-    """Learning rate (AdamW, constant)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on matrices."""
-    lora: bool = True
-    """Train a LoRA adapter (default) instead of every weight."""
-    lora_rank: int = 16
-    """LoRA rank."""
-    lora_alpha: float = 32.0
-    """LoRA scale numerator (the update is multiplied by alpha / rank)."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip."""
     max_len: int = 1024
     """Examples are cut to this many tokens."""
-    micro_batch_size: int = 16
-    """Examples per forward/backward; gradients accumulate over a step."""
-    token_budget: int | None = None
-    """Stop after the step that brings the trained tokens to this many (None: all steps)."""
-    seed: int = 0
-    """Seeds example order and the adapter's initialisation."""
-    log_every: int = 1
-    """Steps between metric lines (the last step is always logged)."""
-    checkpoint_every: int = 0
-    """Steps between checkpoints in run_dir (0: none)."""
 
-    def __post_init__(self) -> None:
-        positive = (
-            "steps",
-            "batch_size",
-            "lora_rank",
-            "max_len",
-            "micro_batch_size",
-            "log_every",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be > 0, got {getattr(self, name)!r}")
-        for name in ("lr", "lora_alpha", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(name, f"must be > 0, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)!r}")
-        if self.token_budget is not None and self.token_budget < 1:
-            raise ConfigError("token_budget", f"must be > 0 or None, got {self.token_budget!r}")
-
-    def key(self) -> str:
-        """Short hash of the config."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclass
-class SFTResult:
-    """What an SFT run produced."""
-
-    model: torch.nn.Module
-    """The trained model: a PeftModel under LoRA (the caller's model, adapter injected)."""
-    steps: int
-    """Optimizer steps taken (fewer than config.steps when the token budget ran out)."""
-    tokens: int
-    """Tokens trained on (targets with weight 1), over all steps."""
-    seconds: float
-    """Wall seconds of the loop."""
-    metrics: dict[str, Any]
-    """The last step's metrics."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """Every logged step's metrics."""
-    out_dir: Path | None = None
-    """Where the adapter (or the full model) was saved."""
-    run_dir: Path | None = None
-    """metrics.jsonl and checkpoint/."""
+    def problems(self) -> dict[str, tuple[bool, str]]:
+        return {**super().problems(), "max_len": (self.max_len < 1, "> 0")}
 
 
 # ---------------------------------------------------------------------------- the baselines' data
@@ -261,7 +191,7 @@ def sft(
     run_dir: Path | None = None,
     show_progress: bool = True,
     resume: bool = False,
-) -> SFTResult:
+) -> UpdateResult:
     """Fine-tune on the examples' trained turns (see the module docstring).
 
     Under LoRA (the default) the given model gets the adapter in place: use the result's
@@ -278,7 +208,7 @@ def sft(
                 f"example {i} has no trained token within max_len={config.max_len}; raise max_len"
             )
     torch.manual_seed(config.seed)
-    lora = LoraSettings(rank=config.lora_rank, alpha=config.lora_alpha) if config.lora else None
+    lora = config.lora_settings()
     student, _ = prepare_student(model, lora)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = adamw(params, config.lr, config.weight_decay, betas=(0.9, 0.99))
@@ -321,7 +251,7 @@ def sft(
         (out_dir / "sft_config.json").write_text(
             json.dumps({**asdict(config), "examples": len(examples), "steps_taken": step}, indent=2)
         )
-    return SFTResult(student, step, tokens, seconds, record, history, out_dir, run_dir)
+    return UpdateResult(student, step, tokens, seconds, record, history, out_dir, run_dir)
 
 
 def sft_step(

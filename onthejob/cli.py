@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # the commands import their modules when they run (a fast start)
     from onthejob.sleep import SleepConfig
-    from onthejob.train.grpo import ConfigError
+    from onthejob.train import ConfigError
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -113,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from onthejob.models import LoraSettings
-    from onthejob.train.grpo import ConfigError, GRPOConfig, train
+    from onthejob.train import ConfigError
+    from onthejob.train.grpo import GRPOConfig, train
     from onthejob.train.pretrain import default_model_dir
 
     overrides = {
@@ -184,9 +185,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from onthejob import evals
+    from onthejob.envs import ENVS, make_config
     from onthejob.models import load_model
     from onthejob.train.pretrain import default_model_dir
 
+    env_names = [name.strip() for name in args.envs.split(",") if name.strip()]
+    unknown = [name for name in env_names if name not in ENVS]
+    if unknown:
+        print(
+            f"onthejob eval: unknown env {', '.join(unknown)} in --envs; choose from "
+            f"{', '.join(sorted(ENVS))}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        for name in env_names:
+            make_config(name, difficulty=args.difficulty)
+    except ValueError as e:
+        print(f"onthejob eval: --difficulty: {e}", file=sys.stderr)
+        return 2
     model_dir = Path(args.model) if args.model else default_model_dir()
     model, tokenizer = load_model(model_dir)
     n = args.n
@@ -208,7 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     )
     rows.append(("following a correction", evals.correction_following(model, tokenizer, n=n), ""))
-    for env_name in args.envs.split(","):
+    for env_name in env_names:
         rate, played = evals.env_success(
             model, tokenizer, env_name, n=n, difficulty=args.difficulty
         )
@@ -525,7 +542,7 @@ def cmd_sleep(args: argparse.Namespace) -> int:
     from onthejob.registry import Registry, RegistryError, default_registry_path
     from onthejob.sleep import SelectionPolicy, SleepError, sleep
     from onthejob.store import Store, StoreError, default_store_path
-    from onthejob.train.grpo import ConfigError
+    from onthejob.train import ConfigError
     from onthejob.world import make_org
 
     tenant = args.tenant if args.tenant else make_org(args.org).tenant
@@ -713,7 +730,7 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--guard-envs", default="arith,program,shop", help="grindable envs of the guard suite"
     )
-    p.add_argument("--guard-n", type=int, default=100, help="held-out tasks per guard env")
+    p.add_argument("--guard-n", type=_count, default=100, help="held-out tasks per guard env")
     p.add_argument(
         "--teacher",
         choices=("fixed", "base", "ema", "live"),
@@ -737,7 +754,7 @@ def cmd_weeks(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from onthejob.sleep import SleepError
-    from onthejob.train.grpo import ConfigError
+    from onthejob.train import ConfigError
     from onthejob.train.pretrain import onthejob_home
     from onthejob.weeks import WeeksConfig, compare, run_weeks
     from onthejob.world.users import UsersConfig
@@ -841,9 +858,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="train the tiny default model from scratch (cached)")
+    _one_line_errors(p)
     p.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: the config's)")
-    p.add_argument("--batch-size", type=int, help="examples per step")
+    p.add_argument("--steps", type=_count, help="optimizer steps (default: the config's)")
+    p.add_argument("--batch-size", type=_count, help="examples per step")
     p.add_argument("--out", help="model directory to write (default: the cache)")
     p.add_argument(
         "--tiny", action="store_true", help="a seconds-long run at toy scale (smoke tests)"
@@ -895,23 +913,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a model on held-out items")
+    _one_line_errors(p)
     p.add_argument("--model", help="model directory (default: the cached pretrained model)")
-    p.add_argument("--n", type=int, default=100, help="items per suite")
+    p.add_argument("--n", type=_count, default=100, help="items per suite")
     p.add_argument("--difficulty", type=int, default=1, help="level of the environment tasks")
     p.add_argument("--envs", default="arith,program,shop", help="comma-separated environments")
     p.add_argument("--json", help="also write the scores to this file")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("env-serve", help="serve one environment over HTTP on 127.0.0.1")
+    _one_line_errors(p)
     p.add_argument("name", help="environment name: arith, program or shop")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="port (0: a free one, printed)")
     p.add_argument("--set", action="append", help="config override KEY=VALUE (repeatable)")
     p.set_defaults(func=cmd_env_serve)
 
     p = sub.add_parser("serve", help="the chat API, sessions, feedback and web UI on 127.0.0.1")
     _one_line_errors(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (keep it local)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed)")
+    p.add_argument("--port", type=_port, default=8000, help="port (0: a free one, printed)")
     p.add_argument("--store", help="experience store file (default: in the cache)")
     p.add_argument("--registry", help="model registry file (default: in the cache)")
     p.add_argument(
@@ -923,7 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tenant", default="default", help="tenant of --model and of requests without X-Tenant"
     )
     p.add_argument("--device", default="cpu", help="where models run: cpu, cuda, cuda:1...")
-    p.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
+    p.add_argument("--max-batch", type=_count, default=32, help="most requests decoded together")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("feedback", help="give a running server a thumb and/or a note on a session")
@@ -943,7 +963,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("work", help="a week of simulated users at an org, through the real server")
     _one_line_errors(p)
-    p.add_argument("--org", type=int, default=1, help="seed of the organisation")
+    p.add_argument("--org", type=_seed, default=1, help="seed of the organisation")
     p.add_argument("--days", type=int, default=5, help="working days (5: a week)")
     p.add_argument(
         "--model",
@@ -954,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", help="model registry file (default: in the cache)")
     p.add_argument("--shop", help="the org's live shop database (default: in the cache; continues)")
     p.add_argument("--run-dir", help="logs and week.json (default: a new folder in the cache)")
-    p.add_argument("--port", type=int, default=0, help="port of the server (0: a free one)")
+    p.add_argument("--port", type=_port, default=0, help="port of the server (0: a free one)")
     p.add_argument("--server", help="URL of a running `onthejob serve` on --store to use instead")
     p.add_argument("--seed", type=int, default=0, help="seed of the users' choices")
     p.add_argument(
@@ -971,7 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
     _one_line_errors(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--tenant", help="the tenant whose sessions train its own adapter")
-    who.add_argument("--org", type=int, help="seed of a simulated org: its tenant")
+    who.add_argument("--org", type=_seed, help="seed of a simulated org: its tenant")
     p.add_argument(
         "--thumbs", choices=("up", "down", "any"), default="up", help="sessions by latest thumb"
     )
@@ -995,7 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
         "weeks", help="weeks of work, each followed by a sleep; what the model keeps"
     )
     _one_line_errors(p)
-    p.add_argument("--org", type=int, default=1, help="seed of the organisation")
+    p.add_argument("--org", type=_seed, default=1, help="seed of the organisation")
     p.add_argument("--weeks", type=int, default=4, help="weeks of work, each followed by a sleep")
     p.add_argument("--exam", action="store_true", help="then a week with no document pasted")
     _add_sleep_flags(p)
@@ -1037,6 +1057,39 @@ def build_parser() -> argparse.ArgumentParser:
         _one_line_errors(q)
     p.set_defaults(func=cmd_models)
     return parser
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer > 0."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: an integer >= 0 (a seed: an org, the users' choices)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535, or 0 for a free one."""
+    value = _integer(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a port from 1 to 65535, or 0 for a free one, got {value}"
+        )
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:

@@ -139,6 +139,39 @@ def test_train_flag_errors_are_one_line(tmp_path, monkeypatch, capsys):
         )
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval", "--n", "0"], "onthejob eval: argument --n: must be > 0, got 0"),
+        (["eval", "--n", "x"], "onthejob eval: argument --n: must be an integer, got 'x'"),
+        (["pretrain", "--steps", "0"], "onthejob pretrain: argument --steps: must be > 0, got 0"),
+        (["serve", "--port", "99999"], "onthejob serve: argument --port: must be a port from 1"),
+        (["env-serve", "arith", "--port", "-1"], "onthejob env-serve: argument --port: must be"),
+        (["work", "--org", "-1"], "onthejob work: argument --org: must be >= 0, got -1"),
+        (["sleep", "--org", "-2"], "onthejob sleep: argument --org: must be >= 0, got -2"),
+        (["sleep", "--org", "1", "--guard-n", "0"], "onthejob sleep: argument --guard-n: must be > 0"),
+        (["weeks", "--org", "abc"], "onthejob weeks: argument --org: must be an integer"),
+    ],
+)  # fmt: skip
+def test_bad_numbers_in_flags_are_one_line_errors(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ONTHEJOB_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(message)
+    assert list(tmp_path.iterdir()) == []  # nothing was started or written
+
+
+def test_eval_names_an_unknown_env_or_level_before_loading_a_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ONTHEJOB_HOME", str(tmp_path))  # no model here: it is never loaded
+    assert main(["eval", "--envs", "arith,nope"]) == 2
+    assert capsys.readouterr().err == (
+        "onthejob eval: unknown env nope in --envs; choose from arith, program, shop\n"
+    )
+    assert main(["eval", "--difficulty", "9"]) == 2
+    assert capsys.readouterr().err.startswith("onthejob eval: --difficulty: arith difficulty must")
+
+
 def test_eval_of_a_missing_model_is_a_one_line_error(tmp_path):
     result = run_cli("eval", "--model", str(tmp_path / "absent"), home=tmp_path)
     assert result.returncode == 2

@@ -13,8 +13,7 @@ import torch
 from onthejob.models import adapter_disabled, add_lora, build_model, load_adapter
 from onthejob.models.lora import LoraSettings
 from onthejob.prompts import KNOWLEDGE_SYSTEM
-from onthejob.train import opsd
-from onthejob.train.grpo import ConfigError
+from onthejob.train import ConfigError, opsd
 from onthejob.train.opsd import (
     OPSDConfig,
     Probe,

@@ -10,6 +10,7 @@ import torch
 from onthejob import curriculum, evals, knowledge
 from onthejob.curriculum import CurriculumConfig, EpisodePools, Mixture
 from onthejob.models import TinyConfig, load_model
+from onthejob.train import ConfigError
 from onthejob.train.checkpoint import latest_checkpoint
 from onthejob.train.pretrain import (
     PretrainConfig,
@@ -163,3 +164,13 @@ def test_a_fresh_run_does_not_keep_an_old_runs_metrics(tmp_path):
     pretrain(TOY, out_dir=tmp_path / "b", run_dir=run_dir, resume=False, show_progress=False)
     steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("steps", 0), ("batch_size", 0), ("lr", 0.0), ("max_len", 1), ("vocab_size", 100),
+     ("micro_batches", 0), ("min_lr_ratio", 1.5), ("checkpoint_every", 0)],
+)  # fmt: skip
+def test_a_bad_pretrain_config_names_its_field(field, value):
+    with pytest.raises(ConfigError, match=f"^{field} must be"):
+        PretrainConfig(**{field: value})

@@ -11,8 +11,8 @@ import torch
 from onthejob.models import build_model, load_adapter, render_chat
 from onthejob.prompts import KNOWLEDGE_SYSTEM
 from onthejob.sampling import SamplingConfig, sample
+from onthejob.train import ConfigError
 from onthejob.train import sft as sft_module
-from onthejob.train.grpo import ConfigError
 from onthejob.train.opsd import OPSDConfig, Probe, probe_prompts, teacher_messages
 from onthejob.train.sft import (
     SFTConfig,

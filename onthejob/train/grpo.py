@@ -78,6 +78,7 @@ from onthejob.models.fast import base_causal_lm
 from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora
 from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
 from onthejob.sampling import SamplingConfig
+from onthejob.train import ConfigError
 from onthejob.train.checkpoint import adamw, resume_run, save_checkpoint
 from onthejob.train.pretrain import onthejob_home
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
@@ -241,14 +242,6 @@ _NON_NEGATIVE = (
     "checkpoint_every",
     "eval_n",
 )
-
-
-class ConfigError(ValueError):
-    """A config field has a bad value; `field` names it (the CLI turns it into a flag)."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field} {problem}")
-        self.field, self.problem = field, problem
 
 
 # ---------------------------------------------------------------------------- the loss

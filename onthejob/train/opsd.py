@@ -79,8 +79,8 @@ from onthejob.models.fast import base_causal_lm
 from onthejob.models.logprobs import gather_logprobs
 from onthejob.models.tokenizer import chat_prompt_ids
 from onthejob.sampling import SamplingConfig, sample
+from onthejob.train import ConfigError
 from onthejob.train.checkpoint import adamw, after_step, budget_left, resume_run
-from onthejob.train.grpo import ConfigError
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
 from onthejob.train.update import UpdateConfig, UpdateResult
 

@@ -41,6 +41,8 @@ from onthejob.models import (
     save_model,
     train_tokenizer,
 )
+from onthejob.models.tokenizer import SPECIAL_TOKENS
+from onthejob.train import ConfigError
 from onthejob.train.checkpoint import adamw, latest_checkpoint, resume_run, save_checkpoint
 
 CURRICULUM_VERSION = "3"
@@ -87,6 +89,28 @@ class PretrainConfig:
     """Data mixture and document growth."""
     pools: EpisodePools = field(default_factory=EpisodePools)
     """Sizes of the pools of solved environment episodes."""
+
+    def __post_init__(self) -> None:
+        problems = {
+            "steps": (self.steps < 1, "> 0"),
+            "batch_size": (self.batch_size < 1, "> 0"),
+            "lr": (not self.lr > 0, "> 0"),
+            "warmup_steps": (self.warmup_steps < 0, ">= 0"),
+            "min_lr_ratio": (not 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            "weight_decay": (self.weight_decay < 0, ">= 0"),
+            "grad_clip": (not self.grad_clip > 0, "> 0"),
+            "context_weight": (self.context_weight < 0, ">= 0"),
+            "max_len": (self.max_len < 2, ">= 2 (a token and the one it predicts)"),
+            "vocab_size": (
+                self.vocab_size <= len(SPECIAL_TOKENS) + 256,
+                "> 262 (bytes and special tokens)",
+            ),
+            "micro_batches": (self.micro_batches < 1, "> 0"),
+            "checkpoint_every": (self.checkpoint_every < 1, "> 0"),
+        }
+        for name, (bad, want) in problems.items():
+            if bad:
+                raise ConfigError(name, f"must be {want}, got {getattr(self, name)!r}")
 
     def key(self) -> str:
         """Short hash of the config and curriculum version (the cache key)."""

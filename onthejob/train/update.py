@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from onthejob.models import LoraSettings
-from onthejob.train.grpo import ConfigError
+from onthejob.train import ConfigError
 
 
 @dataclass(frozen=True)

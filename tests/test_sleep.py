@@ -471,6 +471,13 @@ def test_plan_config_errors_are_one_line() -> None:
         PlanConfig(context_scope="week")
 
 
+def test_a_bad_guard_suite_is_refused_before_anything_trains() -> None:
+    with pytest.raises(SleepError, match="unknown env nope; choose from arith, program, shop"):
+        SleepConfig(guard_envs=("arith", "nope"))
+    with pytest.raises(SleepError, match="guard_difficulty: arith difficulty must be one of"):
+        SleepConfig(guard_envs=("arith",), guard_difficulty=9)
+
+
 # -- gate --------------------------------------------------------------------------------
 
 

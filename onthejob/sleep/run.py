@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from onthejob.envs import ENVS, make_config
 from onthejob.models import load_adapter, load_model
 from onthejob.registry import ModelVersion, Registry
 from onthejob.sleep.gate import (
@@ -116,6 +117,16 @@ class SleepConfig:
             raise SleepError(f"guard_n must be at least 1, got {self.guard_n}")
         if self.replay < 0:
             raise SleepError(f"replay must be 0 or more probes, got {self.replay}")
+        unknown = [name for name in self.guard_envs if name not in ENVS]
+        if unknown:
+            raise SleepError(
+                f"guard_envs: unknown env {', '.join(unknown)}; choose from {', '.join(sorted(ENVS))}"
+            )
+        for name in self.guard_envs:
+            try:
+                make_config(name, difficulty=self.guard_difficulty)
+            except ValueError as e:
+                raise SleepError(f"guard_difficulty: {e}") from None
 
 
 @dataclass

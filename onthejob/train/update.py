@@ -73,7 +73,7 @@ class UpdateConfig:
             "micro_batch_size": (self.micro_batch_size < 1, "> 0"),
             "token_budget": (
                 self.token_budget is not None and self.token_budget < 1,
-                "> 0 or None (no budget)",
+                "> 0 (or unset: no budget)",
             ),
             "log_every": (self.log_every < 1, "> 0"),
             "checkpoint_every": (self.checkpoint_every < 0, ">= 0"),

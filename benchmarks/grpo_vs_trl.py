@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import side_by_side
 import torch
 from side_by_side import (
     per_step_seconds,
@@ -67,6 +68,8 @@ from side_by_side import (
     print_settings,
     resolve_model_dir,
     step_clock,
+    trl_cpu_arguments,
+    trl_optimizer_settings,
 )
 
 from onthejob import curriculum
@@ -86,22 +89,13 @@ DIFFICULTY = 1
 
 
 @dataclass
-class SideResult:
-    """What one trainer did, step by step."""
+class SideResult(side_by_side.SideResult):
+    """One trainer's steps, with the arith rewards and the time spent checking them."""
 
-    name: str
-    step_seconds: list[float] = field(default_factory=list)
-    """Wall seconds of each optimizer step (rollouts + update)."""
     rewards: list[float] = field(default_factory=list)
     """Mean reward of each step's rollouts."""
-    completion_tokens: list[float] = field(default_factory=list)
-    """Mean sampled tokens per rollout (end token included) of each step."""
     scoring_seconds: list[float] = field(default_factory=list)
     """Seconds of each step spent in the arith env's checks (inside step_seconds)."""
-    settings: dict[str, Any] = field(default_factory=dict)
-    """The trainer's own key settings, read back from it after construction."""
-    total_seconds: float = 0.0
-    """Wall seconds of the whole training call (setup and saving included)."""
 
 
 # ---------------------------------------------------------------------------- model and tasks
@@ -158,22 +152,12 @@ def run_trl(model_dir: Path, tasks: list[Task], args: argparse.Namespace, out: P
         return rewards
 
     config = TRLConfig(
-        output_dir=str(out),
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch,
-        gradient_accumulation_steps=1,
+        **trl_cpu_arguments(out, args.steps, args.batch, args.lr, args.seed),
         num_generations=args.group,
         max_completion_length=args.max_new_tokens,
         temperature=args.temperature,
         top_p=1.0,
         top_k=0,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        adam_beta1=0.9,
-        adam_beta2=0.99,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
         loss_type="dapo",
         epsilon=0.2,
         epsilon_high=0.28,
@@ -181,18 +165,8 @@ def run_trl(model_dir: Path, tasks: list[Task], args: argparse.Namespace, out: P
         num_iterations=1,
         scale_rewards="none",
         use_vllm=False,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
         activation_checkpointing=False,
-        logging_strategy="no",
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         log_completions=False,
-        seed=args.seed,
     )
     dataset = Dataset.from_list(
         [{"prompt": agent_opening(ENV, task.prompt), "task_id": task.id} for task in tasks]
@@ -206,25 +180,18 @@ def run_trl(model_dir: Path, tasks: list[Task], args: argparse.Namespace, out: P
         callbacks=[step_clock(result.step_seconds)],
     )
     generation = trainer.generation_config
-    schedule = getattr(trainer.args.lr_scheduler_type, "value", trainer.args.lr_scheduler_type)
-    warmup = trainer.args.warmup_steps
     result.settings = {
         "rollouts/step": trainer.args.generation_batch_size,
         "group size": trainer.args.num_generations,
         "max new tokens": generation.max_new_tokens,
         "temperature / top_p": f"{generation.temperature} / {generation.top_p}",
-        "lr, schedule": f"{trainer.args.learning_rate:g}, {schedule} (warmup {warmup})",
-        "AdamW betas, wd, clip": (
-            f"({trainer.args.adam_beta1}, {trainer.args.adam_beta2}), "
-            f"{trainer.args.weight_decay}, {trainer.args.max_grad_norm}"
-        ),
+        **trl_optimizer_settings(trainer),
         "loss, clip": f"{trainer.loss_type}, [{1 - trainer.epsilon_low}, {1 + trainer.epsilon_high}]",
         "KL coef": trainer.beta,
         "scale rewards": trainer.args.scale_rewards,
         "updates per batch": trainer.num_iterations * trainer.args.steps_per_generation,
         "micro-batch": trainer.args.per_device_train_batch_size,
         "end tokens": trainer.eos_token_ids,
-        "dtype": str(next(trainer.model.parameters()).dtype),
         "activation checkpointing": trainer.args.activation_checkpointing,
         "sampler": f"HF generate, {generation.cache_implementation or 'dynamic'} KV cache",
     }

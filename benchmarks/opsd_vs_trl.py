@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import side_by_side
 import torch
 from side_by_side import (
     per_step_seconds,
@@ -66,6 +67,8 @@ from side_by_side import (
     print_settings,
     resolve_model_dir,
     step_clock,
+    trl_cpu_arguments,
+    trl_optimizer_settings,
 )
 
 from onthejob import curriculum
@@ -80,20 +83,11 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @dataclass
-class SideResult:
-    """What one trainer did, step by step."""
+class SideResult(side_by_side.SideResult):
+    """One trainer's steps, with its loss."""
 
-    name: str
-    step_seconds: list[float] = field(default_factory=list)
-    """Wall seconds of each optimizer step (sampling + both forwards + update)."""
     losses: list[float] = field(default_factory=list)
     """Mean per-token forward KL of each step's samples (the loss)."""
-    completion_tokens: list[float] = field(default_factory=list)
-    """Mean sampled tokens per sequence (end token included) of each step."""
-    settings: dict[str, Any] = field(default_factory=dict)
-    """The trainer's own key settings, read back from it after construction."""
-    total_seconds: float = 0.0
-    """Wall seconds of the whole training call (setup and saving included)."""
 
 
 # ---------------------------------------------------------------------------- model and probes
@@ -201,34 +195,14 @@ def run_trl(
 
     rows = args.probes * args.samples
     config = GKDConfig(
-        output_dir=str(out),
-        max_steps=args.steps,
-        per_device_train_batch_size=rows,
-        gradient_accumulation_steps=1,
+        **trl_cpu_arguments(out, args.steps, rows, args.lr, args.seed),
         max_new_tokens=args.max_new_tokens,
         temperature=1.0,
         lmbda=1.0,
         beta=0.0,
         seq_kd=False,
         max_length=2048,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        adam_beta1=0.9,
-        adam_beta2=0.99,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
         gradient_checkpointing=False,
-        logging_strategy="no",
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=args.seed,
     )
     dataset = Dataset.from_list(
         [
@@ -264,16 +238,11 @@ def run_trl(
         "temperature / top_k / top_p": f"{generation.temperature} / {generation.top_k} / {generation.top_p}",
         "on-policy share (lmbda)": trainer.lmbda,
         "divergence": f"JSD beta={trainer.beta} (forward KL)",
-        "lr, schedule": f"{trainer.args.learning_rate:g}, {getattr(trainer.args.lr_scheduler_type, 'value', trainer.args.lr_scheduler_type)}",
-        "AdamW betas, wd, clip": (
-            f"({trainer.args.adam_beta1}, {trainer.args.adam_beta2}), "
-            f"{trainer.args.weight_decay}, {trainer.args.max_grad_norm}"
-        ),
+        **trl_optimizer_settings(trainer),
         "LoRA r / alpha": f"{lora.r} / {lora.lora_alpha}",
         "trainable params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "teacher": "a second copy of the base",
         "end tokens": generation.eos_token_id,
-        "dtype": str(next(trainer.model.parameters()).dtype),
         "sampler": "HF generate, dynamic KV cache",
     }
     started = time.perf_counter()
@@ -319,7 +288,7 @@ def run_onthejob(model_dir: Path, probes: list[Probe], args: argparse.Namespace)
         "temperature / top_k / top_p": f"{config.temperature} / 0 / 1.0",
         "on-policy share (lmbda)": 1.0,
         "divergence": config.divergence,
-        "lr, schedule": f"{config.lr:g}, constant",
+        "lr, schedule": f"{config.lr:g}, constant (warmup 0)",
         "AdamW betas, wd, clip": f"(0.9, 0.99), {config.weight_decay}, {config.grad_clip}",
         "LoRA r / alpha": f"{config.lora_rank} / {config.lora_alpha:g}",
         "trainable params": sum(p.numel() for p in run.model.parameters() if p.requires_grad),

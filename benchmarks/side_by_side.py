@@ -4,9 +4,12 @@ how a trainer's steps are timed and compared.
 Covers: picking the model (`--model`, the cached pretrained default, the newest cached
 default of an older config, else a fresh `TinyConfig()` model with a tokenizer trained
 on text the benchmark gives), a warning when other processes load the CPU, the
-callback that times a Hugging Face `Trainer`'s steps, the per-step statistic compared
-(median, first step left out as warm-up) and the settings table printed above the
-numbers. Not covered: what each benchmark runs; each script says so in its docstring.
+callback that times a Hugging Face `Trainer`'s steps, the TRL arguments both TRL
+peers run with (CPU, constant learning rate, AdamW (0.9, 0.99), no logging or saving)
+and the settings read back from a TRL trainer, the per-step record of one side
+(`SideResult`), the per-step statistic compared (median, first step left out as
+warm-up) and the settings table printed above the numbers. Not covered: what each
+benchmark runs; each script says so in its docstring.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +88,65 @@ def shape_from_flags(args: argparse.Namespace) -> TinyConfig:
         num_kv_heads=args.kv_heads,
         intermediate_size=args.ffn,
     )
+
+
+@dataclass
+class SideResult:
+    """What one trainer did, step by step (each benchmark adds what it records)."""
+
+    name: str
+    step_seconds: list[float] = field(default_factory=list)
+    """Wall seconds of each optimizer step (sampling, forwards and update)."""
+    completion_tokens: list[float] = field(default_factory=list)
+    """Mean sampled tokens per sequence (end token included) of each step."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The trainer's own key settings, read back from it after construction."""
+    total_seconds: float = 0.0
+    """Wall seconds of the whole training call (setup and saving included)."""
+
+
+def trl_cpu_arguments(
+    out: Path, steps: int, rows_per_step: int, lr: float, seed: int
+) -> dict[str, Any]:
+    """The TRL config arguments both peers share: float32 on the CPU, one micro-batch of
+    rows_per_step per step, AdamW (0.9, 0.99) at a constant rate with no warm-up, no weight
+    decay, gradient clip 1.0, and no logging, saving, evaluation or progress bar."""
+    return {
+        "output_dir": str(out),
+        "max_steps": steps,
+        "per_device_train_batch_size": rows_per_step,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": lr,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.99,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "use_cpu": True,
+        "bf16": False,
+        "fp16": False,
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "seed": seed,
+    }
+
+
+def trl_optimizer_settings(trainer: Any) -> dict[str, Any]:
+    """The optimiser settings a TRL trainer really runs with, read back from it."""
+    schedule = getattr(trainer.args.lr_scheduler_type, "value", trainer.args.lr_scheduler_type)
+    return {
+        "lr, schedule": f"{trainer.args.learning_rate:g}, {schedule} (warmup {trainer.args.warmup_steps})",
+        "AdamW betas, wd, clip": (
+            f"({trainer.args.adam_beta1}, {trainer.args.adam_beta2}), "
+            f"{trainer.args.weight_decay}, {trainer.args.max_grad_norm}"
+        ),
+        "dtype": str(next(trainer.model.parameters()).dtype),
+    }
 
 
 def step_clock(step_seconds: list[float]) -> Any:

@@ -185,7 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from onthejob import evals
-    from onthejob.envs import ENVS, make_config
+    from onthejob.envs import ENVS, level_problem
     from onthejob.models import load_model
     from onthejob.train.pretrain import default_model_dir
 
@@ -198,11 +198,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        for name in env_names:
-            make_config(name, difficulty=args.difficulty)
-    except ValueError as e:
-        print(f"onthejob eval: --difficulty: {e}", file=sys.stderr)
+    level = level_problem(env_names, args.difficulty)
+    if level is not None:
+        print(f"onthejob eval: --difficulty: {level}", file=sys.stderr)
         return 2
     model_dir = Path(args.model) if args.model else default_model_dir()
     model, tokenizer = load_model(model_dir)

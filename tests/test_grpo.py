@@ -22,9 +22,9 @@ from onthejob.models.tokenizer import END
 from onthejob.prompts import agent_opening
 from onthejob.rollout import Trajectory, run_episodes, run_groups
 from onthejob.sampling import SamplingConfig
+from onthejob.train import ConfigError
 from onthejob.train.grpo import (
     TIMING_FIELDS,
-    ConfigError,
     GRPOConfig,
     Learner,
     collate,

@@ -1,6 +1,7 @@
 """Environments: the registry of grindable envs and the functions others call to get them.
 
-Covers: `ENVS` (name -> env class), `make_env` and `make_tasks`, and re-exports of the
+Covers: `ENVS` (name -> env class), `make_env` and `make_tasks`, `level_problem` (whether
+chosen envs all have a difficulty level), and re-exports of the
 interface (`Task`, `Env`, `NotSupported`). Each env lives in its own module: `arith`
 (one-step arithmetic), `program` (program synthesis from examples, judged in the sandbox),
 `shop` (a text web shop). `onthejob.envs.http` serves any env over HTTP.
@@ -11,6 +12,7 @@ Does not cover: the non-grindable deployment world (`onthejob.world`) or dream e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -32,6 +34,7 @@ __all__ = [
     "ShopConfig",
     "ShopEnv",
     "Task",
+    "level_problem",
     "make_config",
     "make_env",
     "make_tasks",
@@ -55,6 +58,16 @@ def make_config(name: str, **config: Any) -> Any:
             f"unknown config {unknown} for env {name!r}; valid keys: {', '.join(valid)}"
         )
     return cls.config_type(**config)
+
+
+def level_problem(names: Sequence[str], difficulty: int) -> str | None:
+    """Why `difficulty` is not a level of every env in `names` (registered names), else None."""
+    try:
+        for name in names:
+            make_config(name, difficulty=difficulty)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def make_env(name: str, **config: Any) -> TextEnv[Any]:

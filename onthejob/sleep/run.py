@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from onthejob.envs import ENVS, make_config
+from onthejob.envs import ENVS, level_problem
 from onthejob.models import load_adapter, load_model
 from onthejob.registry import ModelVersion, Registry
 from onthejob.sleep.gate import (
@@ -122,11 +122,9 @@ class SleepConfig:
             raise SleepError(
                 f"guard_envs: unknown env {', '.join(unknown)}; choose from {', '.join(sorted(ENVS))}"
             )
-        for name in self.guard_envs:
-            try:
-                make_config(name, difficulty=self.guard_difficulty)
-            except ValueError as e:
-                raise SleepError(f"guard_difficulty: {e}") from None
+        level = level_problem(self.guard_envs, self.guard_difficulty)
+        if level is not None:
+            raise SleepError(f"guard_difficulty: {level}")
 
 
 @dataclass

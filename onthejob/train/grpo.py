@@ -72,13 +72,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from onthejob import evals
 from onthejob.curriculum import available_tasks
-from onthejob.envs import ENVS, Task, make_config
+from onthejob.envs import ENVS, Task, level_problem
 from onthejob.models import bf16_autocast, load_model, model_device, save_model
 from onthejob.models.fast import base_causal_lm
 from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora
 from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
 from onthejob.sampling import SamplingConfig
-from onthejob.train import ConfigError
+from onthejob.train import check_fields, config_key
 from onthejob.train.checkpoint import adamw, resume_run, save_checkpoint
 from onthejob.train.pretrain import onthejob_home
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
@@ -196,7 +196,7 @@ class GRPOConfig:
             "train_tasks": self.train_tasks < 1,
             "env_workers": self.env_workers < 1,
             "env_timeout": not self.env_timeout > 0,
-            "difficulty": not self._difficulty_fits(),
+            "difficulty": level_problem(self.envs, self.difficulty) is not None,
         }
         expected = {
             "envs": f"a non-empty subset of {', '.join(sorted(ENVS))}",
@@ -209,22 +209,14 @@ class GRPOConfig:
             "zero_variance": " or ".join(ZERO_VARIANCE),
             "difficulty": "a level every chosen env has",
         }
-        for name, bad in problems.items():
-            if bad:
-                want = expected.get(name, ">= 0" if name in _NON_NEGATIVE else "> 0")
-                raise ConfigError(name, f"must be {want}, got {getattr(self, name)!r}")
-
-    def _difficulty_fits(self) -> bool:
-        try:
-            for env in self.envs:
-                make_config(env, difficulty=self.difficulty)
-        except ValueError:
-            return False
-        return True
+        default = {name: ">= 0" if name in _NON_NEGATIVE else "> 0" for name in problems}
+        check_fields(
+            self, {name: (bad, expected.get(name, default[name])) for name, bad in problems.items()}
+        )
 
     def key(self) -> str:
         """Short hash of the config (names the default run and output directories)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return config_key(self)
 
     def new_tokens(self, env: str) -> int:
         return self.max_new_tokens or evals.MAX_NEW_TOKENS.get(env, 32)

@@ -42,7 +42,7 @@ from onthejob.models import (
     train_tokenizer,
 )
 from onthejob.models.tokenizer import SPECIAL_TOKENS
-from onthejob.train import ConfigError
+from onthejob.train import check_fields
 from onthejob.train.checkpoint import adamw, latest_checkpoint, resume_run, save_checkpoint
 
 CURRICULUM_VERSION = "3"
@@ -108,9 +108,7 @@ class PretrainConfig:
             "micro_batches": (self.micro_batches < 1, "> 0"),
             "checkpoint_every": (self.checkpoint_every < 1, "> 0"),
         }
-        for name, (bad, want) in problems.items():
-            if bad:
-                raise ConfigError(name, f"must be {want}, got {getattr(self, name)!r}")
+        check_fields(self, problems)
 
     def key(self) -> str:
         """Short hash of the config and curriculum version (the cache key)."""

@@ -17,16 +17,14 @@ set the budget and the update must mean the same thing in every method.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from onthejob.models import LoraSettings
-from onthejob.train import ConfigError
+from onthejob.train import check_fields, config_key
 
 
 @dataclass(frozen=True)
@@ -80,9 +78,7 @@ class UpdateConfig:
         }
 
     def __post_init__(self) -> None:
-        for name, (bad, want) in self.problems().items():
-            if bad:
-                raise ConfigError(name, f"must be {want}, got {getattr(self, name)!r}")
+        check_fields(self, self.problems())
 
     def lora_settings(self) -> LoraSettings | None:
         """The adapter to train, or None for full fine-tuning."""
@@ -90,7 +86,7 @@ class UpdateConfig:
 
     def key(self) -> str:
         """Short hash of the config (every field, the subclass's included)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return config_key(self)
 
 
 @dataclass

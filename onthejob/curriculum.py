@@ -61,12 +61,13 @@ class Example:
 class Mixture:
     """Share of each kind of example in pretraining (normalised)."""
 
-    knowledge: float = 0.55
+    knowledge: float = 0.62
     """Reading facts, procedures and conventions from a document."""
     correction: float = 0.08
     """Following a correction given earlier in the session."""
-    arith: float = 0.14
-    """Solved arithmetic problems."""
+    arith: float = 0.07
+    """Solved arithmetic problems (worked counting solutions; more of them cost reading:
+    docs/results.md)."""
     program: float = 0.09
     """Solved program-synthesis episodes."""
     shop: float = 0.09
@@ -258,6 +259,16 @@ class EpisodePools:
     """Solved shop episodes."""
     world_model: int = 1500
     """Shop transitions for next-observation prediction."""
+    arith_levels: tuple[int, ...] = (1,)
+    """Difficulty levels of the arithmetic episodes: level 1 only, whose worked counting
+    solutions carry over to held-out sums (bare level-2 answers can only be memorised, and
+    crowd out reading: docs/results.md)."""
+    env_levels: tuple[int, ...] = (1, 2)
+    """Difficulty levels of the program and shop episodes and the shop transitions."""
+
+    def levels(self, kind: str) -> tuple[int, ...]:
+        """The difficulty levels of the pool of `kind`."""
+        return self.arith_levels if kind == "arith" else self.env_levels
 
 
 def available_tasks(env_name: str, split: str, n: int, seed: int, difficulty: int) -> list[Task]:

@@ -35,7 +35,7 @@ from onthejob.sampling import SamplingConfig, sample
 
 GREEDY = SamplingConfig(max_new_tokens=16, temperature=0.0)
 MAX_TURNS = {"arith": 1, "program": 3, "shop": 8}
-MAX_NEW_TOKENS = {"arith": 12, "program": 40, "shop": 16}
+MAX_NEW_TOKENS = {"arith": 64, "program": 40, "shop": 16}
 EVAL_SEED = 10_007
 
 

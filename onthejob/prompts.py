@@ -22,7 +22,7 @@ Message = dict[str, str]
 
 KNOWLEDGE_SYSTEM = "answer from the notes. reply with the answer only."
 AGENT_SYSTEM = {
-    "arith": "solve the problem. reply with the number only.",
+    "arith": "solve the problem. count step by step, then give the number.",
     "program": "write the python function. reply with code only.",
     "shop": "you operate a web shop. reply with one action.",
 }

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onthejob.envs import Task, make_env, make_tasks
-from onthejob.envs.arith import LEVELS, evaluate, judge_answer
+from onthejob.envs.arith import LEVELS, counting_solution, evaluate, judge_answer
 
 
 def arith_task(answer: str) -> Task:
@@ -134,3 +134,38 @@ def test_evaluate_refuses_other_expressions() -> None:
         evaluate("2 / 3")
     with pytest.raises(ValueError):
         evaluate("__import__('os')")
+
+
+@pytest.mark.parametrize(
+    ("expression", "solution"),
+    [
+        ("3 + 4", "3 4, 4 3, 5 2, 6 1, 7 0. so 7"),
+        ("8 - 3", "8 3, 7 2, 6 1, 5 0. so 5"),
+        ("2 - 5", "2 5, 1 4, 0 3, -1 2, -2 1, -3 0. so -3"),
+        ("5 + 0", "5 0. so 5"),
+        ("0 - 0", "0 0. so 0"),
+    ],
+)
+def test_counting_solution_by_hand(expression: str, solution: str) -> None:
+    assert counting_solution(expression) == solution
+
+
+@pytest.mark.parametrize("expression", ["12 + 3", "3 + 12", "3 * 4", "3 + 4 - 1", "(3 + 4)", "3+4"])
+def test_counting_solution_is_only_for_two_one_digit_operands(expression: str) -> None:
+    assert counting_solution(expression) is None
+
+
+def test_the_expert_counts_every_one_digit_sum_and_the_env_scores_it_right() -> None:
+    seen = set()
+    for split in ("train", "test"):
+        for task in make_tasks("arith", split, 30, seed=0, difficulty=1):
+            env = make_env("arith", difficulty=1)
+            env.reset(task=task)
+            action = env.expert_action()
+            assert action.endswith(f". so {task.data['answer']}")
+            assert env.step(action)[1] == 1.0
+            seen.add(split)
+    assert seen == {"train", "test"}
+    env = make_env("arith", difficulty=2)
+    env.reset(task=arith_task("127"))
+    assert env.expert_action() == "127"  # longer expressions get the bare answer

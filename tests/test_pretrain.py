@@ -14,6 +14,7 @@ from onthejob.train import ConfigError
 from onthejob.train.checkpoint import latest_checkpoint
 from onthejob.train.pretrain import (
     PretrainConfig,
+    build_pools,
     collate,
     encode_example,
     lr_at,
@@ -174,3 +175,16 @@ def test_a_fresh_run_does_not_keep_an_old_runs_metrics(tmp_path):
 def test_a_bad_pretrain_config_names_its_field(field, value):
     with pytest.raises(ConfigError, match=f"^{field} must be"):
         PretrainConfig(**{field: value})
+
+
+def test_arith_episodes_are_level_one_counting_solutions_and_other_envs_keep_both_levels():
+    pools = EpisodePools(arith=12, program=0, shop=6, world_model=0)
+    assert pools.levels("arith") == (1,)
+    assert pools.levels("shop") == pools.levels("program") == (1, 2)
+    built = build_pools(PretrainConfig(pools=pools))
+    assert set(built) == {"arith", "shop"}
+    for example in built["arith"]:
+        prompt, reply = example.messages[1]["content"], example.messages[-1]["content"]
+        a, op, b = prompt.split("\n")[0].removeprefix("compute ").split()
+        assert len(a) == len(b) == 1 and op in "+-"
+        assert reply.startswith(f"{a} {b}") and reply.endswith(f". so {eval(f'{a}{op}{b}')}")

@@ -5,6 +5,14 @@ Covers: generating integer expressions ("compute 37 + 45 * 2") at four difficult
 and scoring one free-text answer with math-verify, so equivalent forms ("127", "127.0",
 "$127$", "the answer is 127") count.
 
+The expert (`expert_action`, which pretraining imitates) writes a worked solution for a sum
+or difference of two one-digit numbers: it counts, one step at a time, and carries how many
+steps are left ("compute 3 + 4" -> "3 4, 4 3, 5 2, 6 1, 7 0. so 7"). Every step is a
+successor or predecessor of a small number, which a held-out sum shares with the training
+sums, so the procedure can carry over to sums the model has never seen answered; a bare
+answer ("7") can only be memorised per sum. Longer expressions get the bare answer. The
+reward reads the last number, so the agent may answer either way.
+
 Does not cover: fractions, division or word problems; several attempts (one answer ends
 the episode).
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import ast
 import logging
 import random
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -94,6 +103,25 @@ def evaluate(expression: str) -> int:
     return walk(ast.parse(expression, mode="eval").body)
 
 
+ONE_DIGIT_PAIR = re.compile(r"(\d) ([+-]) (\d)")
+
+
+def counting_solution(expression: str) -> str | None:
+    """A worked solution of `a + b` or `a - b` (one-digit a and b) by counting b steps up or
+    down, each step written as "value steps-left": "8 - 3" -> "8 3, 7 2, 6 1, 5 0. so 5".
+    None for any other expression."""
+    match = ONE_DIGIT_PAIR.fullmatch(expression)
+    if match is None:
+        return None
+    value, left = int(match.group(1)), int(match.group(3))
+    step = 1 if match.group(2) == "+" else -1
+    pairs = [f"{value} {left}"]
+    while left > 0:
+        value, left = value + step, left - 1
+        pairs.append(f"{value} {left}")
+    return f"{', '.join(pairs)}. so {value}"
+
+
 def judge_answer(answer: str, gold: str) -> str:
     """Judge an answer: "correct", "wrong", or "unreadable" (no answer found). Thread-safe, never raises."""
     try:
@@ -159,4 +187,5 @@ class ArithEnv(TextEnv[ArithConfig]):
         return f"wrong, the answer is {gold}.", 0.0, True
 
     def expert_action(self) -> str:
-        return str(self.task.data["answer"])
+        expression = self.task.prompt.removeprefix("compute ")
+        return counting_solution(expression) or str(self.task.data["answer"])

@@ -45,7 +45,7 @@ from onthejob.models.tokenizer import SPECIAL_TOKENS
 from onthejob.train import check_fields
 from onthejob.train.checkpoint import adamw, latest_checkpoint, resume_run, save_checkpoint
 
-CURRICULUM_VERSION = "3"
+CURRICULUM_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,9 @@ def build_pools(config: PretrainConfig) -> dict[str, list[curriculum.Example]]:
     for name, share in zip(names, weights, strict=True):
         size = getattr(config.pools, name, 0)
         if share > 0 and size > 0:
-            pools[name] = curriculum.build_pool(name, size, seed=config.seed)
+            pools[name] = curriculum.build_pool(
+                name, size, seed=config.seed, difficulties=config.pools.levels(name)
+            )
     return pools
 
 

@@ -259,7 +259,9 @@ def test_lora_update_moves_only_the_adapter_and_kl_starts_at_zero(tokenizer):
     )
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" not in n}
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n}
-    config = GRPOConfig(envs=("arith",), kl_coef=0.1, max_new_tokens=4, micro_batch_size=3)
+    config = GRPOConfig(
+        envs=("arith",), temperature=1.0, kl_coef=0.1, max_new_tokens=4, micro_batch_size=3
+    )
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     stats = train_on_groups(config, _learner(model, tokenizer), [(g, advantages) for g in groups])
     assert stats["kl"] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter is the reference
@@ -278,7 +280,7 @@ def test_one_update_raises_the_rewarded_samples_and_lowers_the_others(tiny_model
         model, tokenizer, "arith", tasks, 4, SamplingConfig(max_new_tokens=6, seed=5), max_turns=1
     )
     advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
-    config = GRPOConfig(envs=("arith",), max_new_tokens=6)
+    config = GRPOConfig(envs=("arith",), temperature=1.0, max_new_tokens=6)
     batch = collate(groups, [advantages.tolist()] * 2, [6, 6], tokenizer.pad_token_id)
     with torch.no_grad():
         before = masked_logprobs(model, batch, 1.0)[0].sum(-1)
@@ -325,7 +327,7 @@ def test_bf16_update_follows_the_float32_update(tiny_model, tokenizer):
     for bf16 in (False, True):
         model = copy.deepcopy(tiny_model)
         learner = _learner(model, tokenizer, lr=1e-3)
-        config = GRPOConfig(envs=("arith",), max_new_tokens=6, bf16=bf16)
+        config = GRPOConfig(envs=("arith",), temperature=1.0, max_new_tokens=6, bf16=bf16)
         stats[bf16] = train_on_groups(config, learner, [(g, advantages) for g in groups])
         # the gradients of the update stay on the parameters after the optimizer step
         grads[bf16] = torch.cat(

@@ -261,8 +261,7 @@ class EpisodePools:
     """Shop transitions for next-observation prediction."""
     arith_levels: tuple[int, ...] = (1,)
     """Difficulty levels of the arithmetic episodes: level 1 only, whose worked counting
-    solutions carry over to held-out sums (bare level-2 answers can only be memorised, and
-    crowd out reading: docs/results.md)."""
+    solutions carry over to held-out sums (bare level-2 answers can only be memorised)."""
     env_levels: tuple[int, ...] = (1, 2)
     """Difficulty levels of the program and shop episodes and the shop transitions."""
 

@@ -282,10 +282,11 @@ def available_tasks(env_name: str, split: str, n: int, seed: int, difficulty: in
 
 
 def build_pool(
-    kind: str, n: int, seed: int, difficulties: tuple[int, ...] = (1, 2), workers: int = 4
+    kind: str, n: int, seed: int, difficulties: tuple[int, ...], workers: int = 4
 ) -> list[Example]:
-    """n examples of an environment kind, spread over difficulty levels, generated in a thread
-    pool (sandbox calls release the GIL). Small levels repeat their tasks."""
+    """n examples of an environment kind, spread over difficulty levels (pretraining's come
+    from `EpisodePools.levels`), generated in a thread pool (sandbox calls release the GIL).
+    Small levels repeat their tasks."""
     from concurrent.futures import ThreadPoolExecutor
 
     env_name = "shop" if kind == "world_model" else kind

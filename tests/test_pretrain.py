@@ -9,6 +9,7 @@ import torch
 
 from onthejob import curriculum, evals, knowledge
 from onthejob.curriculum import CurriculumConfig, EpisodePools, Mixture
+from onthejob.envs.arith import evaluate
 from onthejob.models import TinyConfig, load_model
 from onthejob.train import ConfigError
 from onthejob.train.checkpoint import latest_checkpoint
@@ -185,6 +186,7 @@ def test_arith_episodes_are_level_one_counting_solutions_and_other_envs_keep_bot
     assert set(built) == {"arith", "shop"}
     for example in built["arith"]:
         prompt, reply = example.messages[1]["content"], example.messages[-1]["content"]
-        a, op, b = prompt.split("\n")[0].removeprefix("compute ").split()
+        expression = prompt.split("\n")[0].removeprefix("compute ")
+        a, op, b = expression.split()
         assert len(a) == len(b) == 1 and op in "+-"
-        assert reply.startswith(f"{a} {b}") and reply.endswith(f". so {eval(f'{a}{op}{b}')}")
+        assert reply.startswith(f"{a} {b}") and reply.endswith(f". so {evaluate(expression)}")

@@ -30,8 +30,8 @@ import random
 from dataclasses import dataclass, field
 
 from onthejob import knowledge
-from onthejob.envs import make_env, make_tasks
-from onthejob.envs.base import Task
+from onthejob.envs import env_class, make_config, make_env, make_tasks
+from onthejob.envs.base import Task, draw_budget
 from onthejob.prompts import (
     KNOWLEDGE_SYSTEM,
     Message,
@@ -271,14 +271,19 @@ class EpisodePools:
 
 
 def available_tasks(env_name: str, split: str, n: int, seed: int, difficulty: int) -> list[Task]:
-    """Up to n distinct tasks; fewer when the level has fewer (halving until the env can serve)."""
-    while True:
-        try:
-            return make_tasks(env_name, split, n, seed=seed, difficulty=difficulty)
-        except ValueError:
-            if n <= 1:
-                raise
-            n //= 2
+    """Up to n distinct tasks; fewer when the level has fewer: the first of n, n // 2, n // 4,
+    ... that `make_tasks` would serve, and the same tasks, found in one pass over the draws."""
+    found = env_class(env_name).draw_distinct(
+        make_config(env_name, difficulty=difficulty), split, n, draw_budget(n), seed
+    )
+    size = n
+    while size >= 1:
+        if len(found) >= size and found[size - 1][0] < draw_budget(size):
+            return [task for _, task in found[:size]]
+        size //= 2
+    return make_tasks(
+        env_name, split, 1, seed=seed, difficulty=difficulty
+    )  # raises the env's reason
 
 
 def build_pool(

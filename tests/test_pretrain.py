@@ -9,6 +9,7 @@ import torch
 
 from onthejob import curriculum, evals, knowledge
 from onthejob.curriculum import CurriculumConfig, EpisodePools, Mixture
+from onthejob.envs import make_tasks
 from onthejob.envs.arith import evaluate
 from onthejob.models import TinyConfig, load_model
 from onthejob.train import ConfigError
@@ -190,3 +191,34 @@ def test_arith_episodes_are_level_one_counting_solutions_and_other_envs_keep_bot
         a, op, b = expression.split()
         assert len(a) == len(b) == 1 and op in "+-"
         assert reply.startswith(f"{a} {b}") and reply.endswith(f". so {evaluate(expression)}")
+
+
+def halving_tasks(env: str, split: str, n: int, seed: int, difficulty: int) -> list[str]:
+    """The ids `available_tasks` promises: make_tasks at n, n // 2, ... until one serves."""
+    while True:
+        try:
+            return [t.id for t in make_tasks(env, split, n, seed=seed, difficulty=difficulty)]
+        except ValueError:
+            n //= 2
+
+
+@pytest.mark.parametrize(
+    ("env", "split", "n", "difficulty"),
+    [
+        ("arith", "train", 400, 1),
+        ("arith", "test", 400, 1),
+        ("arith", "train", 7, 2),
+        ("shop", "test", 30, 1),
+    ],
+)
+def test_available_tasks_is_the_first_size_make_tasks_serves_when_halving(
+    env, split, n, difficulty
+):
+    got = [t.id for t in curriculum.available_tasks(env, split, n, 0, difficulty)]
+    assert got == halving_tasks(env, split, n, 0, difficulty)
+    assert len(set(got)) == len(got)
+
+
+def test_available_tasks_names_the_env_reason_when_nothing_is_found():
+    with pytest.raises(ValueError, match="split must be one of"):
+        curriculum.available_tasks("arith", "dev", 10, 0, 1)

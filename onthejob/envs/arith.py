@@ -27,6 +27,7 @@ milliseconds.
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import random
 import re
@@ -134,6 +135,14 @@ def judge_answer(answer: str, gold: str) -> str:
         return "unreadable"
 
 
+@functools.lru_cache(maxsize=4096)
+def arith_task(expression: str) -> Task:
+    """The task of computing `expression`. Cached: drawing distinct tasks from a small level
+    meets each expression hundreds of times. Callers must not change the task's data."""
+    answer = str(evaluate(expression))
+    return make_task("arith", expression, f"compute {expression}", {"answer": answer})
+
+
 class ArithEnv(TextEnv[ArithConfig]):
     """Compute an integer expression; one answer, reward 1 if math-verify says it is equal."""
 
@@ -160,8 +169,7 @@ class ArithEnv(TextEnv[ArithConfig]):
         expression = parts[0] + "".join(
             f" {op} {part}" for op, part in zip(ops, parts[1:], strict=True)
         )
-        answer = str(evaluate(expression))
-        return make_task(cls.name, expression, f"compute {expression}", {"answer": answer})
+        return arith_task(expression)
 
     def _budget(self) -> int:
         return 1

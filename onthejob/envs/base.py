@@ -126,6 +126,11 @@ def split_of(env: str, key: str) -> str:
     return "test" if int(digest[:8], 16) % 1000 < TEST_FRACTION * 1000 else "train"
 
 
+def draw_budget(n: int) -> int:
+    """How many draws sample_tasks makes to find n distinct tasks before it gives up."""
+    return 50 * n + 1000
+
+
 def make_task(env: str, key: str, prompt: str, data: dict[str, Any]) -> Task:
     """A task whose split follows from `key` and whose id from its whole content."""
     content = json.dumps([prompt, data], sort_keys=True)
@@ -195,23 +200,32 @@ class TextEnv(Generic[C]):
     @classmethod
     def sample_tasks(cls, config: C, split: str, n: int, seed: int = 0) -> list[Task]:
         """n distinct tasks of `split`, the same for the same (config, seed); a prefix is stable in n."""
+        found = cls.draw_distinct(config, split, n, draw_budget(n), seed)
+        if len(found) < n:
+            raise ValueError(
+                f"found only {len(found)} distinct {split} tasks of {cls.name} with {config}; ask for fewer or raise the difficulty"
+            )
+        return [task for _, task in found]
+
+    @classmethod
+    def draw_distinct(
+        cls, config: C, split: str, n: int, draws: int, seed: int = 0
+    ) -> list[tuple[int, Task]]:
+        """The first n distinct tasks of `split` among `draws` draws from seed's stream, each
+        with the index of the draw that found it (sample_tasks and available_tasks share it)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         rng = random.Random(seed)
-        tasks: list[Task] = []
+        found: list[tuple[int, Task]] = []
         seen: set[str] = set()
-        for _ in range(50 * n + 1000):
-            if len(tasks) == n:
+        for i in range(draws):
+            if len(found) == n:
                 break
             task = cls.sample_task(rng, config)
             if task.split == split and task.id not in seen:
                 seen.add(task.id)
-                tasks.append(task)
-        if len(tasks) < n:
-            raise ValueError(
-                f"found only {len(tasks)} distinct {split} tasks of {cls.name} with {config}; ask for fewer or raise the difficulty"
-            )
-        return tasks
+                found.append((i, task))
+        return found
 
     @property
     def task(self) -> Task:

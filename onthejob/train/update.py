@@ -42,9 +42,9 @@ class UpdateConfig:
     lora: bool = True
     """Train a LoRA adapter (default) instead of every weight."""
     lora_rank: int = 4
-    """LoRA rank. On the default model, OPSD sleeps at three orgs kept the arith guard with
-    rank 4 (+4, 0, +4 points) and lost it with rank 16 (-6, -6, +2), for the same recall
-    (docs/results.md)."""
+    """LoRA rank. On the default model, OPSD sleeps at orgs 24-26 kept the arith guard with
+    rank 4 (+4, 0, +4 points) where rank 16 lost it (-6, -6, +2), for the same recall; at
+    orgs 27-28 rank 4 still lost 2-4 points (docs/results.md)."""
     lora_alpha: float = 8.0
     """LoRA scale numerator (the update is multiplied by alpha / rank: 2, as at rank 16)."""
     grad_clip: float = 1.0

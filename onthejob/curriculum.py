@@ -281,9 +281,8 @@ def available_tasks(env_name: str, split: str, n: int, seed: int, difficulty: in
         if len(found) >= size and found[size - 1][0] < draw_budget(size):
             return [task for _, task in found[:size]]
         size //= 2
-    return make_tasks(
-        env_name, split, 1, seed=seed, difficulty=difficulty
-    )  # raises the env's reason
+    # not even one task: make_tasks raises with the env's own reason
+    return make_tasks(env_name, split, 1, seed=seed, difficulty=difficulty)
 
 
 def build_pool(

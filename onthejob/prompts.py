@@ -3,8 +3,10 @@
 Covers: the system prompt of each kind of chat (knowledge questions, each
 environment, the world model), the opening messages of an agent episode, and the
 text protocol of tool calls: how tools are listed in the system turn and how a reply
-calls one (`name: arguments`). The grindable `shop` is played through the same `shop`
-tool that simulated users declare to the server for the live supplier, so an episode
+calls one (`name: arguments` on its last line, after optional lines of notes that
+call nothing, as an OpenAI assistant message carries content besides its tool call).
+The grindable `shop` is played through the same `shop` tool that simulated users
+declare to the server for the live supplier, so an episode
 in training and an order at work read the same, token for token (what makes the
 transfer from grinding to work measurable). The server (`onthejob.serve.chat`)
 builds its listing from `TOOLS_HEADER` and `tool_line` here.
@@ -15,7 +17,6 @@ arguments of tools with several parameters (the server's job).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 Message = dict[str, str]
@@ -67,18 +68,35 @@ def agent_reply(env_name: str, action: str) -> str:
     return f"{TOOL_ENVS[env_name]}: {action}" if env_name in TOOL_ENVS else action
 
 
+def split_call(reply: str, tools: tuple[str, ...]) -> tuple[str, str] | None:
+    """(notes, call line) of a reply whose last line starts like a call of one of `tools`
+    ("name:") and whose earlier lines do not; the notes are the earlier lines ("" when
+    there are none or they are blank). None for any other reply. The one rule of the
+    protocol, shared by episodes (`env_action`) and the server (`serve.chat.parse_reply`)."""
+    lines = reply.rstrip().split("\n")
+    prefixes = tuple(f"{tool}:" for tool in tools)
+    if not lines[-1].lstrip().startswith(prefixes):
+        return None
+    if any(line.lstrip().startswith(prefixes) for line in lines[:-1]):
+        return None
+    notes = "\n".join(lines[:-1]).rstrip()
+    return (notes if notes.strip() else ""), lines[-1].strip()
+
+
 def env_action(env_name: str, reply: str) -> str | None:
-    """The env action in an agent's reply: the reply itself, or for tool envs the arguments of a
-    one-line call of the env's tool; None when a tool env's reply is not such a call."""
+    """The env action in an agent's reply: the reply itself, or for tool envs the arguments of
+    the call of the env's tool on the reply's last line; None when a tool env's reply has no such
+    call or calls more than once."""
     if env_name not in TOOL_ENVS:
         return reply
-    match = re.fullmatch(rf"\s*{TOOL_ENVS[env_name]}:[ \t]*([^\n]*?)\s*", reply)
-    return match.group(1) if match else None
+    tool = TOOL_ENVS[env_name]
+    split = split_call(reply, (tool,))
+    return split[1][len(tool) + 1 :].strip() if split else None
 
 
 def not_a_call(env_name: str) -> str:
     """The observation an agent gets back for a reply that is not a call of the env's tool."""
-    return f'not a tool call: reply with one line "{TOOL_ENVS[env_name]}: <action>".'
+    return f'not a tool call: end the reply with one line "{TOOL_ENVS[env_name]}: <action>".'
 
 
 def agent_opening(env_name: str, first_observation: str) -> list[Message]:

@@ -41,6 +41,9 @@ CALL = "shop: search blue shirt"
 OBSERVATION = "[p317] blue cotton shirt size m $24"
 ANSWER = "p317 is a blue cotton shirt for 24 dollars."
 COUNTING = "one two three four five six seven eight nine ten"
+NOTES = "p317 24 ok"
+NOTED_CALL = f"{NOTES}\nshop: open p317"
+"""A call after lines of notes: the notes are the reply's content."""
 
 TAUGHT: list[tuple[dict, str]] = [
     ({"messages": [{"role": "user", "content": "hello"}]}, GREETING),
@@ -60,6 +63,10 @@ TAUGHT: list[tuple[dict, str]] = [
         ANSWER,
     ),
     ({"messages": [{"role": "user", "content": "count to ten"}]}, COUNTING),
+    (
+        {"messages": [{"role": "user", "content": "open a cheap one"}], "tools": [SHOP_TOOL]},
+        NOTED_CALL,
+    ),
 ]
 """(request body, the reply the model learns to give to it)."""
 

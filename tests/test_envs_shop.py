@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onthejob.envs import Task, make_env, make_tasks
-from onthejob.envs.shop import LEVELS, PAGE_SIZE, item_words, mismatch
+from onthejob.envs.shop import LEVELS, PAGE_SIZE, item_words, mismatch, search_words
 
 
 def first_task(difficulty: int = 2, quantity: int | None = None) -> Task:
@@ -195,3 +195,11 @@ def test_random_actions_never_crash_nor_score(actions: list[str]) -> None:
         assert obs and reward == 0.0 and not terminated
         if truncated:
             break
+
+
+def test_search_ignores_punctuation_and_plurals() -> None:
+    assert search_words("buy 2 blue shirts, in size m, at most 30 dollars each.") == [
+        "blue",
+        "shirt",
+        "m",
+    ]

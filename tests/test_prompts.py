@@ -41,6 +41,8 @@ def test_a_shop_episode_opens_as_the_server_renders_an_order_session():
         ("search red hat", None),
         ("shop search red hat", None),
         ("shop: search red hat\nshop: checkout", None),
+        ("budget 45\np1 20 ok\nshop: open p1", "open p1"),
+        ("shop: open p1\nthat one", None),
         ("calc: 1 + 2", None),
     ],
 )

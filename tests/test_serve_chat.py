@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -15,6 +16,7 @@ from onthejob.serve.chat import (
     check_tool_ids,
     forced_tool,
     model_turns,
+    parse_reply,
     parse_tool_call,
     tool_listing,
     with_listing,
@@ -192,3 +194,56 @@ def test_render_gives_the_model_its_own_sampled_tokens_back(tokenizer):
         for token in [tokenizer.convert_tokens_to_ids(f"<|{turn.role}|>"), *span]
     ] + [tokenizer.convert_tokens_to_ids("<|assistant|>")]
     assert render(tokenizer, turns) == (plain.ids, [plain.ids[a:b] for _, a, b in plain.spans])
+
+
+@pytest.mark.parametrize(
+    ("reply", "parsed"),
+    [
+        ("shop: search red hat", ("", "shop", "search red hat")),
+        ("budget 45\np1 20 ok\nshop: open p1", ("budget 45\np1 20 ok", "shop", "open p1")),
+        ("  \nshop: x\n", ("", "shop", "x")),
+        ("shopping list\nshop: cart", ("shopping list", "shop", "cart")),
+        ("shop: a\nshop: b", None),  # two calls
+        ("shop: x\nmore text", None),  # a call that is not the last line
+        ("notes\nbank: pay 10", None),  # not a declared tool
+        ("hello", None),
+    ],
+)
+def test_parse_reply_takes_notes_before_a_call_on_the_last_line(reply, parsed):
+    got = parse_reply(reply, TOOLS)
+    if parsed is None:
+        assert got is None
+    else:
+        assert got is not None and (got[0], got[1], json.loads(got[2])) == (
+            parsed[0],
+            parsed[1],
+            {"query": parsed[2]},
+        )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "shop: search red hat",
+        "budget 45\np1 20 ok\nshop: open p1",
+        "  \nshop: x",
+        "notes\n\nshop: x\n",
+        "sh",
+        "a\nsh",
+        "shop: x\nmore text",
+        "x\nshop: y\nz",
+        "shopping list\nshop: cart",
+        "hello there\n",
+    ],
+)
+def test_streamed_content_is_the_content_of_the_whole_reply(reply):
+    """Whatever the chunking, the text the gate sends (plus what it holds, when the reply is
+    not a call) is the content `parse_reply` gives the whole reply."""
+    for seed in range(20):
+        rng = random.Random(seed)
+        gate, sent, i = ToolCallGate(TOOLS, active=True), "", 0
+        while i < len(reply):
+            size = rng.randint(1, 4)
+            sent, i = sent + gate.feed(reply[i : i + size]), i + size
+        parsed = parse_reply(reply, TOOLS)
+        assert (sent if parsed else sent + gate.held) == (parsed[0] if parsed else reply)

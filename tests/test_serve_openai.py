@@ -22,6 +22,8 @@ from tests.serve_support import (
     CALL,
     COUNTING,
     GREETING,
+    NOTED_CALL,
+    NOTES,
     OBSERVATION,
     SHOP_TOOL,
     running_server,
@@ -254,6 +256,38 @@ def test_a_streamed_tool_call_arrives_as_tool_calls_only(server, client):
         ("shop", {"query": "search blue shirt"})
     ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_notes_before_a_call_are_the_content_of_the_tool_call_message(
+    server, client, store, stream
+):
+    session = new_session(server)
+    request = dict(
+        model="default",
+        messages=[{"role": "user", "content": "open a cheap one"}],
+        tools=[SHOP_TOOL],
+        temperature=0,
+        max_tokens=40,
+        extra_headers={"X-Session-Id": session},
+    )
+    if stream:
+        chunks = [c for c in client.chat.completions.create(**request, stream=True) if c.choices]
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        calls = [tc for c in chunks for tc in c.choices[0].delta.tool_calls or []]
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        choice = client.chat.completions.create(**request).choices[0]
+        content, calls, finish = (
+            choice.message.content,
+            choice.message.tool_calls,
+            choice.finish_reason,
+        )
+    assert content == NOTES and finish == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("shop", {"query": "open p317"})
+    ]
+    assert store.turns(session)[-1].content == NOTED_CALL
 
 
 def test_tool_choice_none_and_forced(server, client):

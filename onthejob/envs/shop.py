@@ -54,6 +54,8 @@ PAGE_SIZE = 5
 """Most results a search page lists; the goal's own search words always fit on one page."""
 MAX_ACTION_CHARS = 200
 """Longer action lines are refused."""
+PUNCTUATION = ".,;:!?'\"()"
+"""Stripped from the ends of search words."""
 HELP = "actions: search <words>, open <id>, add <n>, remove <id>, cart, checkout, back."
 
 
@@ -182,8 +184,9 @@ def cart_page(
 
 
 def search_words(text: str) -> list[str]:
-    """The distinct known words of a search, in the shop's vocabulary form; may be empty."""
-    words = [normalize(w) for w in text.split()]
+    """The distinct known words of a search, in the shop's vocabulary form, punctuation
+    around words ignored ("shirts," -> "shirt"); may be empty."""
+    words = [normalize(w.strip(PUNCTUATION)) for w in text.split()]
     return [w for w in dict.fromkeys(words) if w in VOCABULARY]
 
 

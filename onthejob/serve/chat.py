@@ -16,8 +16,10 @@ The tool-call protocol (the onthejob models write tool calls as plain text):
   A request without a system message gets a system turn holding only the listing. The
   listing is appended only if the system text does not already end with it, so a client
   that sends a stored transcript back (whose system turn has it) does not get it twice.
-- A reply that is exactly one line `name: arguments` (surrounding whitespace ignored),
-  where `name` is a declared tool, is a tool call. For a tool whose parameters have a
+- A reply whose last line is `name: arguments` (surrounding whitespace ignored), where
+  `name` is a declared tool, is a tool call; the lines before it, if any, are the
+  message's content (as an OpenAI assistant message may carry content besides its call:
+  a model's notes before it acts), and none of them may start like a call. For a tool whose parameters have a
   single string property, the arguments text is that property's value (`shop: search
   blue shirt` -> {"query": "search blue shirt"}); for a tool without parameters the
   arguments text must be empty or "{}"; otherwise it must be a JSON object. A reply whose
@@ -46,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from onthejob.prompts import TOOLS_HEADER, tool_line
+from onthejob.prompts import TOOLS_HEADER, split_call, tool_line
 from onthejob.serve.protocol import ChatMessage, ChatRequest, ToolSpec
 
 __all__ = ["TOOLS_HEADER"]  # re-exported: the listing's header line lives in onthejob.prompts
@@ -149,6 +151,15 @@ def parse_tool_call(reply: str, tools: Sequence[ToolSpec]) -> tuple[str, str] | 
     return (tool.function.name, text) if isinstance(value, dict) else None
 
 
+def parse_reply(reply: str, tools: Sequence[ToolSpec]) -> tuple[str, str, str] | None:
+    """(notes, name, arguments JSON) if the last line of `reply` calls a declared tool and no
+    earlier line starts like a call (`name:`); the notes are the earlier lines ("" when
+    there are none or they are blank). Else None."""
+    split = split_call(reply, tuple(tool.function.name for tool in tools))
+    call = parse_tool_call(split[1], tools) if split else None
+    return (split[0], *call) if split and call else None
+
+
 def forced_tool(request: ChatRequest) -> str | None:
     """The tool a reply must call (named tool_choice, or "required" with one tool), or None."""
     tools = request.tools or []
@@ -237,8 +248,11 @@ def turn_key(turn: ModelTurn) -> tuple[Any, ...]:
 class ToolCallGate:
     """Holds back streamed text while the reply may still be a tool call.
 
-    A reply is a tool call only if it is one line starting with `name:` of a declared
-    tool; as soon as the text so far rules that out, everything held is released.
+    A reply's last line may call a declared tool (`name: ...`) and the lines before it are
+    then its content (`parse_reply`). So text is sent only up to the last line that could
+    still be (the start of) that call, without the whitespace before it: what has been
+    sent is the content of the reply whether or not it ends in a call. A call line
+    followed by more text makes the reply content, and everything held is released.
     """
 
     def __init__(self, tools: Sequence[ToolSpec], active: bool) -> None:
@@ -246,17 +260,31 @@ class ToolCallGate:
         self.held = ""
         self.open = not self.prefixes
 
+    def _calls(self, line: str) -> bool:
+        return any(line.lstrip().startswith(p) for p in self.prefixes)
+
+    def _could_call(self, line: str) -> bool:
+        text = line.lstrip()
+        return any(text.startswith(p) or p.startswith(text) for p in self.prefixes)
+
     def feed(self, delta: str) -> str:
         """The part of the text so far that can be sent now."""
         if self.open:
             return delta
         self.held += delta
-        text = self.held.lstrip()
-        could_be_call = "\n" not in text.rstrip() and any(
-            text.startswith(p) or p.startswith(text) for p in self.prefixes
-        )
-        if could_be_call:
+        lines = self.held.split("\n")
+        written = [k for k, line in enumerate(lines) if line.strip()]
+        if not written:
             return ""
-        self.open = True
-        released, self.held = self.held, ""
+        last = written[-1]
+        if any(self._calls(line) for line in lines[:last]):
+            self.open = True  # a call with text after it: the reply is content
+            released, self.held = self.held, ""
+            return released
+        if self._could_call(lines[last]):
+            start = len("\n".join(lines[:last])) if last else 0
+            cut = len(self.held[:start].rstrip())
+        else:
+            cut = len(self.held.rstrip())
+        released, self.held = self.held[:cut], self.held[cut:]
         return released

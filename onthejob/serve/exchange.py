@@ -43,7 +43,7 @@ from onthejob.serve.chat import (
     check_tool_ids,
     forced_tool,
     model_turns,
-    parse_tool_call,
+    parse_reply,
     parses_tool_calls,
     turn_key,
 )
@@ -286,7 +286,7 @@ class Service:
         token_ids = prepared.prefix_ids + completion.token_ids
         call = None
         if prepared.prefix or parses_tool_calls(request):
-            call = parse_tool_call(text, tools)
+            call = parse_reply(text, tools)
         usage = Usage(
             prompt_tokens=len(prepared.prompt),
             completion_tokens=len(token_ids),
@@ -295,11 +295,12 @@ class Service:
         if call is None:
             turn = NewTurn("assistant", text, token_ids, prepared.version.id)
             return Reply(text, None, completion.finish_reason, turn, usage)
-        name, arguments = call
+        notes, name, arguments = call
         call_id = f"call_{uuid.uuid4().hex[:24]}"
+        line = call_line(name, arguments, tools)
         turn = NewTurn(
             "assistant",
-            call_line(name, arguments, tools),
+            f"{notes}\n{line}" if notes else line,
             token_ids,
             prepared.version.id,
             tool_calls=((call_id, name, arguments),),
@@ -307,7 +308,7 @@ class Service:
         tool_calls = [
             {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         ]
-        return Reply(None, tool_calls, "tool_calls", turn, usage)
+        return Reply(notes or None, tool_calls, "tool_calls", turn, usage)
 
     def record(self, prepared: Prepared, reply: Reply) -> None:
         """Write the new turns and the reply in one transaction (durable when this returns)."""

@@ -519,14 +519,20 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
         train["token_budget"] = args.tokens
     if args.lr is not None:
         train["lr"] = args.lr
+    guard_envs = tuple(e.strip() for e in args.guard_envs.split(",") if e.strip())
+    if args.guard_samples is None:
+        samples = {e: k for e, k in base.guard_samples.items() if e in guard_envs}
+    else:
+        samples = args.guard_samples
     return SleepConfig(
         method=args.method,
         plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
         opsd=replace(base.opsd, **train, teacher=args.teacher or base.opsd.teacher),
         sft=replace(base.sft, **train),
         gate=replace(base.gate, tolerance=args.tolerance),
-        guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
+        guard_envs=guard_envs,
         guard_n=args.guard_n,
+        guard_samples=samples,
         replay=base.replay if args.replay is None else args.replay,
         promote=not args.no_promote,
         device=args.device,
@@ -729,6 +735,13 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         "--guard-envs", default="arith,program,shop", help="grindable envs of the guard suite"
     )
     p.add_argument("--guard-n", type=_count, default=100, help="held-out tasks per guard env")
+    p.add_argument(
+        "--guard-samples",
+        type=_env_counts,
+        default=None,
+        help='plays per guard task by env, sampled and averaged, e.g. "arith=64" (the default);'
+        ' envs not named play once, greedily; "greedy" plays every env greedily',
+    )
     p.add_argument(
         "--teacher",
         choices=("fixed", "base", "ema", "live"),
@@ -1063,6 +1076,21 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+def _env_counts(text: str) -> dict[str, int]:
+    """ "arith=64,shop=4" -> {"arith": 64, "shop": 4}; "greedy" -> {}."""
+    if text.strip() == "greedy":
+        return {}
+    counts = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        env, _, count = part.partition("=")
+        if not count.strip().isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not env=count with a count of 1 or more, e.g. arith=64"
+            )
+        counts[env.strip()] = int(count)
+    return counts
 
 
 def _seed(text: str) -> int:

@@ -140,21 +140,31 @@ def env_success(
     n: int = 100,
     difficulty: int = 1,
     seed: int = EVAL_SEED,
+    samples: int = 1,
 ) -> tuple[float, int]:
-    """(success rate, tasks played) on up to n held-out tasks of the given level."""
+    """(success rate, tasks played) on up to n held-out tasks of the given level: one greedy
+    play per task, or with `samples` > 1 the mean success of that many plays per task
+    sampled at temperature 1 (the policy's own distribution) from seeds fixed by `seed`, so
+    two models are compared on the same random draws."""
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
     tasks = available_tasks(env_name, "test", n, seed, difficulty)
-    sampling = SamplingConfig(max_new_tokens=MAX_NEW_TOKENS[env_name], temperature=0.0)
+    sampling = SamplingConfig(
+        max_new_tokens=MAX_NEW_TOKENS[env_name],
+        temperature=0.0 if samples == 1 else 1.0,
+        seed=None if samples == 1 else seed,
+    )
     trajectories = run_episodes(
         model,
         tokenizer,
         env_name,
-        tasks,
+        tasks * samples,
         sampling,
         max_turns=MAX_TURNS[env_name],
         env_config={"difficulty": difficulty},
         seed=seed,
     )
-    return sum(t.success for t in trajectories) / len(tasks), len(tasks)
+    return sum(t.success for t in trajectories) / len(trajectories), len(tasks)
 
 
 def world_model(

@@ -478,6 +478,48 @@ def test_a_bad_guard_suite_is_refused_before_anything_trains() -> None:
         SleepConfig(guard_envs=("arith",), guard_difficulty=9)
 
 
+def test_guard_samples_must_name_guard_envs_with_a_count() -> None:
+    with pytest.raises(SleepError, match="guard_samples: .*'shop': 4.* outside guard_envs"):
+        SleepConfig(guard_envs=("arith",), guard_samples={"arith": 8, "shop": 4})
+    with pytest.raises(SleepError, match="fewer than 1 sample"):
+        SleepConfig(guard_samples={"arith": 0})
+    assert SleepConfig().guard_samples == {"arith": 64}
+
+
+def test_sampled_guard_is_the_mean_over_seeded_plays_of_each_task(monkeypatch) -> None:
+    """Each held-out task is played `samples` times at temperature 1 from a fixed seed, and
+    the score is the share of plays that succeed; one play per task is greedy."""
+    from onthejob import evals
+
+    calls = []
+
+    def fake_run_episodes(model, tokenizer, env_name, tasks, sampling, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((list(tasks), sampling, kwargs["seed"]))
+        return [type("T", (), {"success": i % 4 == 0})() for i in range(len(tasks))]
+
+    monkeypatch.setattr(evals, "run_episodes", fake_run_episodes)
+    tasks = available_tasks("arith", "test", 5, evals.EVAL_SEED, 1)
+    rate, played = evals.env_success(None, None, "arith", n=5, samples=8)  # type: ignore[arg-type]
+    assert (rate, played) == (10 / 40, 5)
+    played_tasks, sampling, seed = calls[-1]
+    assert played_tasks == tasks * 8 and sampling.temperature == 1.0
+    assert sampling.seed == seed == evals.EVAL_SEED
+    rate, _ = evals.env_success(None, None, "arith", n=5)  # type: ignore[arg-type]
+    assert rate == 2 / 5 and calls[-1][1].temperature == 0.0 and calls[-1][0] == tasks
+    with pytest.raises(ValueError, match="samples must be at least 1"):
+        evals.env_success(None, None, "arith", n=5, samples=0)  # type: ignore[arg-type]
+
+
+def test_cli_guard_samples_parse_and_default_to_the_guard_envs() -> None:
+    from onthejob.cli import _env_counts
+
+    assert _env_counts("arith=64, shop=2") == {"arith": 64, "shop": 2}
+    assert _env_counts("greedy") == {}
+    for bad in ("arith", "arith=0", "arith=x"):
+        with pytest.raises(Exception, match="is not env=count"):
+            _env_counts(bad)
+
+
 # -- gate --------------------------------------------------------------------------------
 
 
@@ -549,6 +591,7 @@ def test_lineage_guard_is_the_first_sleeps_measurement_of_the_same_suite(
     assert lineage_guard(registry, base, ["arith"], 50) is None
     assert lineage_guard(registry, second, ["arith"], 50) == {"arith success": 0.08}
     assert lineage_guard(registry, second, ["arith"], 100) is None  # another suite
+    assert lineage_guard(registry, second, ["arith"], 50, {"arith": 64}) is None  # sampled
     other = child(second, {"arith success": 0.3}, {"guard": {"envs": ["arith", "shop"], "n": 50}})
     assert lineage_guard(registry, other, ["arith"], 50) == {"arith success": 0.08}
 
@@ -581,6 +624,7 @@ def quick(method: str, **changes: object) -> SleepConfig:
         sft=QUICK_SFT,
         guard_envs=("arith",),
         guard_n=2,
+        guard_samples={"arith": 3},
         replay=2,
     )
     return replace(config, **changes)  # type: ignore[arg-type]

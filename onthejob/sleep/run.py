@@ -99,6 +99,12 @@ class SleepConfig:
     """Held-out tasks per guard env (one task is 1 / guard_n of a score)."""
     guard_difficulty: int = 1
     """Level of the guard envs' tasks."""
+    guard_samples: dict[str, int] = field(default_factory=lambda: {"arith": 64})
+    """Plays per guard task, by env, sampled at temperature 1 from fixed seeds; the score
+    is their mean success. An env not named is played once, greedily. Arith's 50 level-1
+    sums played greedily move the score 2 points per flipped sum, and a sleep that
+    teaches nothing flipped 2-3; 64 samples per sum move it about 1 point between seeds
+    (docs/results.md). Program and shop stay greedy: their episodes cost far more."""
     replay: int = 16
     """Replay probes mixed into the probes of "opsd" and "sft_teacher": openings of the
     guard envs' training tasks, no context (`plan.replay_probes`), at the guard's level.
@@ -115,6 +121,14 @@ class SleepConfig:
             raise SleepError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.guard_n < 1:
             raise SleepError(f"guard_n must be at least 1, got {self.guard_n}")
+        bad = {
+            env: k for env, k in self.guard_samples.items() if env not in self.guard_envs or k < 1
+        }
+        if bad:
+            raise SleepError(
+                f"guard_samples: {bad} names an env outside guard_envs {list(self.guard_envs)}"
+                " or fewer than 1 sample; give env=count for guard envs, count >= 1"
+            )
         if self.replay < 0:
             raise SleepError(f"replay must be 0 or more probes, got {self.replay}")
         unknown = [name for name in self.guard_envs if name not in ENVS]
@@ -206,7 +220,8 @@ def sleep(
     recall_before = no_context_recall(model, tokenizer, plan.targets)
     teacher_accuracy = with_context_accuracy(model, tokenizer, plan.targets)
     guard = (config.guard_envs, config.guard_n, config.guard_difficulty)
-    guard_before = guard_suite(model, tokenizer, *guard, earlier=earlier)
+    samples = config.guard_samples
+    guard_before = guard_suite(model, tokenizer, *guard, earlier=earlier, samples=samples)
 
     log(f"training: {config.method}")
     trained, base, adapter, train = _train(
@@ -217,9 +232,9 @@ def sleep(
     else:
         log("evaluating the candidate")
         recall_after = no_context_recall(trained, tokenizer, plan.targets)
-        guard_after = guard_suite(trained, tokenizer, *guard, earlier=earlier)
+        guard_after = guard_suite(trained, tokenizer, *guard, earlier=earlier, samples=samples)
 
-    start = lineage_guard(registry, parent, config.guard_envs, config.guard_n)
+    start = lineage_guard(registry, parent, config.guard_envs, config.guard_n, samples)
     decision = decide(recall_before, recall_after, guard_before, guard_after, config.gate, start)
     evals = {
         "recall_before": recall_before,
@@ -241,7 +256,12 @@ def sleep(
         **({"opsd": asdict(config.opsd)} if config.method == "opsd" else {}),
         **({"sft": asdict(config.sft)} if config.method.startswith("sft") else {}),
         "gate": asdict(config.gate),
-        "guard": {"envs": list(config.guard_envs), "n": config.guard_n, "earlier": len(earlier)},
+        "guard": {
+            "envs": list(config.guard_envs),
+            "n": config.guard_n,
+            "samples": dict(samples),
+            "earlier": len(earlier),
+        },
         "train": train,
         "run_dir": str(run_dir),
         "targets": [[q.text, q.answer] for q in plan.targets],

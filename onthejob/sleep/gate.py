@@ -20,9 +20,9 @@ because four sleeps that each lose 2 points lose 8 (measured: org 21's arithmeti
 0.08 -> 0.06 -> 0.04 through two promotions that each passed against their parent); ties
 in recall reject (the parent keeps serving); answers are compared by `knowledge.is_correct`,
 greedy, and guard samples are seeded, so a verdict is reproducible for a model and seed.
-A greedy guard score moves by a whole 1/n when one task sits on the edge between two
-answers, and updates that teach nothing flip several such tasks (2-3 of arith's 50 sums:
-docs/results.md), so the sleep's default scores arith as the mean of seeded samples.
+A greedy guard score moves by a whole 1/n when one task on the edge between two answers
+flips (2 points, the whole tolerance, on arith's 50 sums), so the sleep's default scores
+arith as the mean of seeded samples, which moves by fractions of a point (docs/results.md).
 """
 
 from __future__ import annotations

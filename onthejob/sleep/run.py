@@ -102,8 +102,8 @@ class SleepConfig:
     guard_samples: dict[str, int] = field(default_factory=lambda: {"arith": 64})
     """Plays per guard task, by env, sampled at temperature 1 from fixed seeds; the score
     is their mean success. An env not named is played once, greedily. Arith's 50 level-1
-    sums played greedily move the score 2 points per flipped sum, and a sleep that
-    teaches nothing flipped 2-3; 64 samples per sum move it about 1 point between seeds
+    sums played greedily move the score 2 points per flipped sum, the whole tolerance;
+    64 samples per sum put four seeds of the same model within 1.9 points of each other
     (docs/results.md). Program and shop stay greedy: their episodes cost far more."""
     replay: int = 16
     """Replay probes mixed into the probes of "opsd" and "sft_teacher": openings of the

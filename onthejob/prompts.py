@@ -6,9 +6,9 @@ text protocol of tool calls: how tools are listed in the system turn and how a r
 calls one (`name: arguments` on its last line, after optional lines of notes that
 call nothing, as an OpenAI assistant message carries content besides its tool call).
 The grindable `shop` is played through the same `shop` tool that simulated users
-declare to the server for the live supplier, so an episode
-in training and an order at work read the same, token for token (what makes the
-transfer from grinding to work measurable). The server (`onthejob.serve.chat`)
+declare to the server for the live supplier, so an episode in training and an order
+at work read the same, token for token (what makes the transfer from grinding to work
+measurable). The server (`onthejob.serve.chat`)
 builds its listing from `TOOLS_HEADER` and `tool_line` here.
 
 Not covered: rendering to tokens (see `onthejob.models.tokenizer`); parsing JSON

@@ -19,12 +19,12 @@ The tool-call protocol (the onthejob models write tool calls as plain text):
 - A reply whose last line is `name: arguments` (surrounding whitespace ignored), where
   `name` is a declared tool, is a tool call; the lines before it, if any, are the
   message's content (as an OpenAI assistant message may carry content besides its call:
-  a model's notes before it acts), and none of them may start like a call. For a tool whose parameters have a
-  single string property, the arguments text is that property's value (`shop: search
-  blue shirt` -> {"query": "search blue shirt"}); for a tool without parameters the
-  arguments text must be empty or "{}"; otherwise it must be a JSON object. A reply whose
-  arguments do not fit is returned as plain content (the model did not make a valid
-  call; nothing is guessed).
+  a model's notes before it acts), and none of them may start like a call. For a tool
+  whose parameters have a single string property, the arguments text is that property's
+  value (`shop: search blue shirt` -> {"query": "search blue shirt"}); for a tool without
+  parameters the arguments text must be empty or "{}"; otherwise it must be a JSON
+  object. A reply whose arguments do not fit is returned as plain content (the model did
+  not make a valid call; nothing is guessed).
 - An assistant message with `tool_calls` is shown to the model as one such line per
   call (after its content, if any), so a tool call the server returned reads back
   exactly as the model wrote it (modulo the space after the colon). Tool results come
@@ -256,12 +256,12 @@ class ToolCallGate:
     """
 
     def __init__(self, tools: Sequence[ToolSpec], active: bool) -> None:
-        self.prefixes = [f"{t.function.name}:" for t in tools] if active else []
+        self.prefixes = tuple(f"{t.function.name}:" for t in tools) if active else ()
         self.held = ""
         self.open = not self.prefixes
 
     def _calls(self, line: str) -> bool:
-        return any(line.lstrip().startswith(p) for p in self.prefixes)
+        return line.lstrip().startswith(self.prefixes)
 
     def _could_call(self, line: str) -> bool:
         text = line.lstrip()

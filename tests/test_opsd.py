@@ -220,6 +220,7 @@ def test_bad_probes_say_what_is_wrong():
         ("temperature", 0.0),
         ("batch_size", 0),
         ("token_budget", 0),
+        ("on_policy", 1.5),
     ],
 )
 def test_bad_config_values_name_the_field(field, value):
@@ -487,3 +488,30 @@ def test_the_base_teacher_switches_an_earlier_adapter_off(tokenizer):
         torch.testing.assert_close(_logits(teacher, ids), adapted)
     with pytest.raises(ConfigError, match='"base" only with lora'):
         OPSDConfig(teacher="base", lora=False)
+
+
+def test_on_policy_below_one_lets_the_teacher_draw_the_rest_behind_the_context(
+    tokenizer, monkeypatch
+):
+    """on_policy 0.5 with 4 samples per probe: the student draws 2 per probe from its own
+    prompt, the teacher 2 from the prompt with the context; both are scored and counted."""
+    calls = []
+    real_sample = opsd.sample
+
+    def spy(model, tokenizer_, prompts, config, **kwargs):
+        calls.append([list(p) for p in prompts])
+        return real_sample(model, tokenizer_, prompts, config, **kwargs)
+
+    monkeypatch.setattr(opsd, "sample", spy)
+    probes = _probes()[:2]
+    config = OPSDConfig(steps=1, batch_size=2, samples_per_probe=4, max_new_tokens=6, on_policy=0.5)
+    result = distill(_sharp_model(tokenizer), tokenizer, probes, config, show_progress=False)
+    pairs = [probe_prompts(tokenizer, p) for p in probes]
+    student_prompts, teacher_prompts = calls
+    assert sorted(map(tuple, student_prompts)) == sorted(tuple(s) for s, _ in pairs for _ in "ab")
+    assert sorted(map(tuple, teacher_prompts)) == sorted(tuple(t) for _, t in pairs for _ in "ab")
+    record = result.history[0]
+    assert record["teacher_samples"] == 4
+    assert record["tokens"] > 0 and math.isfinite(record["divergence"])
+    assert OPSDConfig(on_policy=0.6, samples_per_probe=4).student_samples() == 2
+    assert OPSDConfig(on_policy=0.0).student_samples() == 0

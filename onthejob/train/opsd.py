@@ -65,7 +65,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,11 @@ class OPSDConfig(UpdateConfig):
     "ema", or "live"."""
     ema_decay: float = 0.99
     """teacher="ema": teacher <- decay * teacher + (1 - decay) * student after each step."""
+    on_policy: float = 1.0
+    """Share of each probe's samples the student draws (GKD's lambda): round(on_policy *
+    samples_per_probe) of them; the teacher draws the rest behind the context. 1.0 is
+    pure OPSD, 0.0 distillation on the teacher's samples only (full-vocabulary targets
+    where SFT on teacher samples has the one sampled token)."""
 
     def problems(self) -> dict[str, tuple[bool, str]]:
         return {
@@ -226,7 +231,15 @@ class OPSDConfig(UpdateConfig):
                 " or ".join(TEACHERS) + ' ("base" only with lora: it switches the adapter off)',
             ),
             "ema_decay": (not 0 <= self.ema_decay < 1, "in [0, 1)"),
+            "on_policy": (
+                not 0 <= self.on_policy <= 1,
+                "in [0, 1] (1: the student's samples only)",
+            ),
         }
+
+    def student_samples(self) -> int:
+        """How many of a probe's samples_per_probe samples the student draws."""
+        return round(self.on_policy * self.samples_per_probe)
 
 
 # ---------------------------------------------------------------------------- the losses
@@ -595,14 +608,34 @@ def opsd_step(run: _Run, step: int) -> dict[str, Any]:
         temperature=config.temperature,
         seed=sample_seed(config, step),
     )
-    samples = sample(
-        student, tokenizer, [run.prompts[i][0] for i in chosen for _ in range(k)], sampling
-    )
-    groups = [samples.token_ids[g * k : (g + 1) * k] for g in range(len(chosen))]
+    own = config.student_samples()
+    token_ids: list[list[int]] = []
+    finish_reasons: list[str] = []
+    if own:
+        drawn = sample(
+            student, tokenizer, [run.prompts[i][0] for i in chosen for _ in range(own)], sampling
+        )
+        token_ids += drawn.token_ids
+        finish_reasons += drawn.finish_reasons
+    if own < k:  # the teacher draws the rest behind the context (GKD's lambda < 1)
+        with run.teacher.weights() as teacher:
+            taught = sample(
+                teacher,
+                tokenizer,
+                [run.prompts[i][1] for i in chosen for _ in range(k - own)],
+                replace(sampling, seed=sample_seed(config, step) + 1),
+            )
+        token_ids += taught.token_ids
+        finish_reasons += taught.finish_reasons
+    groups = [
+        token_ids[g * own : (g + 1) * own]
+        + token_ids[len(chosen) * own + g * (k - own) : len(chosen) * own + (g + 1) * (k - own)]
+        for g in range(len(chosen))
+    ]
     sampling_s = time.perf_counter() - started
 
     train_started = time.perf_counter()
-    total = sum(len(ids) for ids in samples.token_ids)
+    total = sum(len(ids) for ids in token_ids)
     per_micro = max(1, config.micro_batch_size // k)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     run.optimizer.zero_grad(set_to_none=True)
@@ -647,8 +680,9 @@ def opsd_step(run: _Run, step: int) -> dict[str, Any]:
         "clipped_fraction": round(clipped / total, 6),
         "grad_norm": round(float(grad_norm), 6),
         "tokens": total,
-        "sample_length": round(total / len(samples.token_ids), 3),
-        "eos_fraction": round(samples.finish_reasons.count("eos") / len(samples.token_ids), 4),
+        "teacher_samples": len(chosen) * (k - own),
+        "sample_length": round(total / len(token_ids), 3),
+        "eos_fraction": round(finish_reasons.count("eos") / len(token_ids), 4),
         "sampling_s": round(sampling_s, 4),
         "train_s": round(train_s, 4),
         "step_s": round(step_s, 4),

@@ -520,10 +520,6 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
     if args.lr is not None:
         train["lr"] = args.lr
     guard_envs = tuple(e.strip() for e in args.guard_envs.split(",") if e.strip())
-    if args.guard_samples is None:
-        samples = {e: k for e, k in base.guard_samples.items() if e in guard_envs}
-    else:
-        samples = args.guard_samples
     return SleepConfig(
         method=args.method,
         plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
@@ -532,7 +528,7 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
         gate=replace(base.gate, tolerance=args.tolerance),
         guard_envs=guard_envs,
         guard_n=args.guard_n,
-        guard_samples=samples,
+        guard_samples=args.guard_samples,
         replay=base.replay if args.replay is None else args.replay,
         promote=not args.no_promote,
         device=args.device,

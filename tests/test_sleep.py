@@ -483,7 +483,9 @@ def test_guard_samples_must_name_guard_envs_with_a_count() -> None:
         SleepConfig(guard_envs=("arith",), guard_samples={"arith": 8, "shop": 4})
     with pytest.raises(SleepError, match="fewer than 1 sample"):
         SleepConfig(guard_samples={"arith": 0})
-    assert SleepConfig().guard_samples == {"arith": 64}
+    assert SleepConfig().guard_plays() == {"arith": 64}
+    assert SleepConfig(guard_envs=("program",)).guard_plays() == {}  # the default, cut to fit
+    assert SleepConfig(guard_samples={}).guard_plays() == {}  # all greedy
 
 
 def test_sampled_guard_is_the_mean_over_seeded_plays_of_each_task(monkeypatch) -> None:

@@ -75,6 +75,8 @@ from onthejob.train.sft import SFTConfig, sft, teacher_sample_examples, transcri
 
 METHODS = ("none", "opsd", "sft_transcript", "sft_teacher")
 """How a sleep turns the experience into weights (see the module docstring)."""
+GUARD_SAMPLES = {"arith": 64}
+"""Sampled plays per task of the guard envs that are not played greedily, by default."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,10 @@ class SleepConfig:
     """Held-out tasks per guard env (one task is 1 / guard_n of a score)."""
     guard_difficulty: int = 1
     """Level of the guard envs' tasks."""
-    guard_samples: dict[str, int] = field(default_factory=lambda: {"arith": 64})
+    guard_samples: dict[str, int] | None = None
     """Plays per guard task, by env, sampled at temperature 1 from fixed seeds; the score
-    is their mean success. An env not named is played once, greedily. Arith's 50 level-1
+    is their mean success. An env not named is played once, greedily ({}: all greedy).
+    None: `GUARD_SAMPLES` for those of its envs that are guard envs. Arith's 50 level-1
     sums played greedily move the score 2 points per flipped sum, the whole tolerance;
     64 samples per sum put four seeds of the same model within 1.9 points of each other
     (docs/results.md). Program and shop stay greedy: their episodes cost far more."""
@@ -122,7 +125,7 @@ class SleepConfig:
         if self.guard_n < 1:
             raise SleepError(f"guard_n must be at least 1, got {self.guard_n}")
         bad = {
-            env: k for env, k in self.guard_samples.items() if env not in self.guard_envs or k < 1
+            env: k for env, k in self.guard_plays().items() if env not in self.guard_envs or k < 1
         }
         if bad:
             raise SleepError(
@@ -139,6 +142,13 @@ class SleepConfig:
         level = level_problem(self.guard_envs, self.guard_difficulty)
         if level is not None:
             raise SleepError(f"guard_difficulty: {level}")
+
+    def guard_plays(self) -> dict[str, int]:
+        """Sampled plays per task by guard env: guard_samples, or by default `GUARD_SAMPLES`
+        for the guard envs it names."""
+        if self.guard_samples is not None:
+            return dict(self.guard_samples)
+        return {env: k for env, k in GUARD_SAMPLES.items() if env in self.guard_envs}
 
 
 @dataclass
@@ -220,7 +230,7 @@ def sleep(
     recall_before = no_context_recall(model, tokenizer, plan.targets)
     teacher_accuracy = with_context_accuracy(model, tokenizer, plan.targets)
     guard = (config.guard_envs, config.guard_n, config.guard_difficulty)
-    samples = config.guard_samples
+    samples = config.guard_plays()
     guard_before = guard_suite(model, tokenizer, *guard, earlier=earlier, samples=samples)
 
     log(f"training: {config.method}")

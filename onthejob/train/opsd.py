@@ -28,8 +28,9 @@ How it relates to the methods it draws on:
 - GKD (Agarwal et al. 2024, "On-policy distillation of language models"): the student's
   own samples scored by a teacher with a full-vocabulary per-token divergence, including
   the generalized JSD(beta). Departures: GKD's teacher is another (larger) model seeing
-  the same prompt; here it is the same weights seeing more context. Always on-policy
-  (GKD's lambda = 1). beta follows GKD's and TRL's convention: the mixture is
+  the same prompt; here it is the same weights seeing more context. On-policy by default
+  (GKD's lambda = 1); `on_policy` < 1 lets the teacher draw that share of the samples
+  behind its context, split per probe rather than drawn per batch as GKD does. beta follows GKD's and TRL's convention: the mixture is
   beta * teacher + (1 - beta) * student, beta = 0 is forward KL(teacher || student) and
   beta = 1 reverse KL(student || teacher), each as the limit of JSD(beta) divided by
   beta (resp. 1 - beta).

@@ -181,14 +181,19 @@ class OPSDConfig(UpdateConfig):
     """Everything that decides an OPSD run (hashed into its checkpoints): the shared update
     settings of `UpdateConfig` and what only on-policy distillation has."""
 
-    lr: float = 1e-3
-    """Learning rate (AdamW, constant). On the default model, 12k sampled tokens at 2e-4
-    moved no-context recall by +0.000 at org 21 (+0.025 at org 1), at 1e-3 by +0.077
-    (org 1, 25k tokens: +0.175); see docs/results.md."""
+    lr: float = 5e-4
+    """Learning rate (AdamW, constant). With 4 samples per probe (130 steps in 24k
+    tokens) 1e-3 was the rate that moved recall (2e-4: +0.000 at org 21); with one
+    sample per probe (520 steps) 5e-4 recalls as much as 1e-3 at orgs 27 and 28 and
+    keeps arith's guard (docs/results.md, session 10)."""
     micro_batch_size: int = 32
     """Samples per forward/backward (whole probes); gradients accumulate over a step."""
-    samples_per_probe: int = 4
-    """Student samples per probe per step."""
+    samples_per_probe: int = 1
+    """Student samples per probe per step. One (GKD's and TRL's choice) gives four times
+    the optimizer steps of four for the same sampled tokens; the student then fits the
+    probes its teacher answers right (at org 27, 4 samples left 18 of 49 unlearned, one
+    left 2) and recalled more in 6 of 7 held-out sleeps, as much in the seventh
+    (docs/results.md, session 10)."""
     max_new_tokens: int = 32
     """Most tokens per student sample (its end token included)."""
     temperature: float = 1.0

@@ -30,10 +30,11 @@ How it relates to the methods it draws on:
   the generalized JSD(beta). Departures: GKD's teacher is another (larger) model seeing
   the same prompt; here it is the same weights seeing more context. On-policy by default
   (GKD's lambda = 1); `on_policy` < 1 lets the teacher draw that share of the samples
-  behind its context, split per probe rather than drawn per batch as GKD does. beta follows GKD's and TRL's convention: the mixture is
-  beta * teacher + (1 - beta) * student, beta = 0 is forward KL(teacher || student) and
-  beta = 1 reverse KL(student || teacher), each as the limit of JSD(beta) divided by
-  beta (resp. 1 - beta).
+  behind its context, split per probe rather than drawn per batch as GKD does. One
+  sample per probe by default, as GKD and TRL. beta follows GKD's and TRL's convention:
+  the mixture is beta * teacher + (1 - beta) * student, beta = 0 is forward
+  KL(teacher || student) and beta = 1 reverse KL(student || teacher), each as the limit
+  of JSD(beta) divided by beta (resp. 1 - beta).
 - OPSD (Zhao et al. 2026, "Self-distilled reasoner"): one model as teacher (given
   privileged information, there a reference solution) and as student (the problem
   only), on-policy samples, a full-vocabulary divergence or the sampled-token form with
@@ -609,35 +610,25 @@ def opsd_step(run: _Run, step: int) -> dict[str, Any]:
     started = time.perf_counter()
     chosen = epoch_indices(len(run.prompts), config.batch_size, config.seed, step)
     k = config.samples_per_probe
-    sampling = SamplingConfig(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        seed=sample_seed(config, step),
-    )
-    own = config.student_samples()
-    token_ids: list[list[int]] = []
+    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+    groups: list[list[list[int]]] = [[] for _ in chosen]
     finish_reasons: list[str] = []
+
+    def draw(model: torch.nn.Module, side: int, n: int, seed: int) -> None:
+        """n samples per chosen probe, behind its student (side 0) or teacher (1) prompt."""
+        prompts = [run.prompts[i][side] for i in chosen for _ in range(n)]
+        drawn = sample(model, tokenizer, prompts, replace(sampling, seed=seed))
+        for row, ids in enumerate(drawn.token_ids):
+            groups[row // n].append(ids)
+        finish_reasons.extend(drawn.finish_reasons)
+
+    own = config.student_samples()
     if own:
-        drawn = sample(
-            student, tokenizer, [run.prompts[i][0] for i in chosen for _ in range(own)], sampling
-        )
-        token_ids += drawn.token_ids
-        finish_reasons += drawn.finish_reasons
+        draw(student, 0, own, sample_seed(config, step))
     if own < k:  # the teacher draws the rest behind the context (GKD's lambda < 1)
         with run.teacher.weights() as teacher:
-            taught = sample(
-                teacher,
-                tokenizer,
-                [run.prompts[i][1] for i in chosen for _ in range(k - own)],
-                replace(sampling, seed=sample_seed(config, step) + 1),
-            )
-        token_ids += taught.token_ids
-        finish_reasons += taught.finish_reasons
-    groups = [
-        token_ids[g * own : (g + 1) * own]
-        + token_ids[len(chosen) * own + g * (k - own) : len(chosen) * own + (g + 1) * (k - own)]
-        for g in range(len(chosen))
-    ]
+            draw(teacher, 1, k - own, sample_seed(config, step) + 1)
+    token_ids = [ids for group in groups for ids in group]
     sampling_s = time.perf_counter() - started
 
     train_started = time.perf_counter()

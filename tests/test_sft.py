@@ -114,7 +114,7 @@ def test_sft_and_opsd_check_their_shared_update_settings_alike(field, value):
 
 def test_each_method_keeps_its_own_learning_rate_and_micro_batch():
     assert (SFTConfig().lr, SFTConfig().micro_batch_size) == (2e-4, 16)
-    assert (OPSDConfig().lr, OPSDConfig().micro_batch_size) == (1e-3, 32)
+    assert (OPSDConfig().lr, OPSDConfig().micro_batch_size) == (5e-4, 32)
     assert SFTConfig().lora_settings() is not None and SFTConfig(lora=False).lora_settings() is None
 
 

@@ -519,14 +519,13 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
         train["token_budget"] = args.tokens
     if args.lr is not None:
         train["lr"] = args.lr
-    guard_envs = tuple(e.strip() for e in args.guard_envs.split(",") if e.strip())
     return SleepConfig(
         method=args.method,
         plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
         opsd=replace(base.opsd, **train, teacher=args.teacher or base.opsd.teacher),
         sft=replace(base.sft, **train),
         gate=replace(base.gate, tolerance=args.tolerance),
-        guard_envs=guard_envs,
+        guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
         guard_n=args.guard_n,
         guard_samples=args.guard_samples,
         replay=base.replay if args.replay is None else args.replay,

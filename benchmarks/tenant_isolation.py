@@ -18,7 +18,7 @@ The same is done the other way round (B's targets). The leak is B's recall of A'
 minus the base model's: with isolation it is zero up to noise, whatever the model learned.
 
     ONTHEJOB_HOME=.cache .venv/bin/python benchmarks/tenant_isolation.py [--orgs 1,2]
-        [--method opsd] [--tokens 12000] [--lr LR] [--run-dir DIR]
+        [--method opsd] [--tokens 24000] [--lr LR] [--guard-n 100] [--run-dir DIR]
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orgs", default="1,2", help="seeds of tenant A and tenant B")
     parser.add_argument("--method", default="opsd", help="sleep method of both tenants")
-    parser.add_argument("--tokens", type=int, default=12000, help="token budget of each sleep")
+    parser.add_argument("--tokens", type=int, default=24000, help="token budget of each sleep")
     parser.add_argument("--lr", type=float, default=None, help="learning rate of each sleep")
-    parser.add_argument("--guard-n", type=int, default=20, help="guard tasks per env")
+    parser.add_argument("--guard-n", type=int, default=100, help="guard tasks per env")
     parser.add_argument("--model", default=None, help="the base model (default: pretrained)")
     parser.add_argument("--run-dir", default=None, help="keep the world here (default: temp)")
     parser.add_argument("--threads", type=int, default=0)

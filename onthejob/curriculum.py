@@ -3,8 +3,9 @@
 Covers: every skill the later stages need, as chats the model is trained on:
 
 - `knowledge`: a document of facts, procedures and conventions (with
-  distractors that share subjects and relations) and a question about one item,
-  in one of several phrasings; the answer must be read from the document;
+  distractors that share subjects and relations) and questions about its items,
+  in several phrasings; each reply quotes the item's line, then gives the answer
+  (`knowledge.quoted_answer`), so the answer is copied from the line just written;
 - `correction`: the user corrects a wrong answer (or states a change) and asks
   again; the answer must follow the correction;
 - `arith`, `program`, `shop`: solved episodes of the grindable environments,
@@ -118,7 +119,8 @@ def items_for(progress: float, config: CurriculumConfig, rng: random.Random) -> 
 def knowledge_example(
     rng: random.Random, n_items: int, pasted: bool, n_questions: int = 1
 ) -> Example:
-    """A document and n_questions questions about distinct items of it, each answered in turn."""
+    """A document and n_questions questions about distinct items of it, each answered in turn
+    by quoting the item's line, then the answer (`knowledge.quoted_answer`)."""
     items = knowledge.random_items(rng, n_items)
     doc = knowledge.document(items, rng)
     asked = rng.sample(items, k=min(n_questions, len(items)))
@@ -133,14 +135,19 @@ def knowledge_example(
             {"role": "system", "content": f"{KNOWLEDGE_SYSTEM}\nnotes:\n{doc}"},
             {"role": "user", "content": questions[0].text},
         ]
-    messages.append({"role": "assistant", "content": questions[0].answer})
+    messages.append({"role": "assistant", "content": _reply(questions[0])})
     for q in questions[1:]:
         messages += [
             {"role": "user", "content": q.text},
-            {"role": "assistant", "content": q.answer},
+            {"role": "assistant", "content": _reply(q)},
         ]
     trained = tuple(m["role"] == "assistant" for m in messages)
     return Example("knowledge", tuple(messages), trained, questions[0].answer, asked[0])
+
+
+def _reply(question: knowledge.Question) -> str:
+    """The expert's reply to a question: its item's line quoted, then the answer."""
+    return knowledge.quoted_answer(knowledge.statement(question.item), question.answer)
 
 
 def knowledge_probe(rng: random.Random, n_items: int) -> tuple[Example, Example]:
@@ -158,24 +165,30 @@ def knowledge_probe(rng: random.Random, n_items: int) -> tuple[Example, Example]
 
 
 def correction_example(rng: random.Random) -> Example:
-    """A wrong answer corrected by the user, or a change announced; then the question again."""
+    """A wrong answer corrected by the user, or a change announced; then the question again,
+    answered by quoting the corrected line."""
     item = knowledge.random_items(rng, 1, kinds=("fact",))[0]
     assert isinstance(item, knowledge.Fact)
     relation = knowledge.RELATION_BY_NAME[item.relation]
     q1 = knowledge.question(item, rng)
     q2 = knowledge.question(item, rng)
-    fact_text = knowledge.statement(item, rng)
+    fact_text = knowledge.statement(item)
+    answer = knowledge.quoted_answer(fact_text, item.value)
     system = {"role": "system", "content": KNOWLEDGE_SYSTEM}
     if rng.random() < 0.5:
         wrong = knowledge.random_value(relation, rng)
         while wrong == item.value:
             wrong = knowledge.random_value(relation, rng)
+        wrong_item = knowledge.Fact(item.subject, item.relation, wrong)
         messages: tuple[Message, ...] = (
             system,
             {"role": "user", "content": q1.text},
-            {"role": "assistant", "content": wrong},
+            {
+                "role": "assistant",
+                "content": knowledge.quoted_answer(knowledge.statement(wrong_item), wrong),
+            },
             {"role": "user", "content": f"no. {fact_text} {q2.text}"},
-            {"role": "assistant", "content": item.value},
+            {"role": "assistant", "content": answer},
         )
         return Example("correction", messages, (False, False, False, False, True), item.value)
     other = knowledge.random_items(rng, 1, kinds=("fact",))[0]
@@ -187,7 +200,7 @@ def correction_example(rng: random.Random) -> Example:
         {"role": "user", "content": f"{filler.text} if you do not know, say unknown."},
         {"role": "assistant", "content": "unknown"},
         {"role": "user", "content": q2.text},
-        {"role": "assistant", "content": item.value},
+        {"role": "assistant", "content": answer},
     )
     return Example(
         "correction", messages, (False, False, True, False, True, False, True), item.value

@@ -30,10 +30,10 @@ from onthejob import curriculum, knowledge
 from onthejob.curriculum import available_tasks
 from onthejob.envs import make_tasks
 from onthejob.models.tokenizer import render_chat
+from onthejob.prompts import ANSWER_TOKENS
 from onthejob.rollout import run_episodes
 from onthejob.sampling import SamplingConfig, sample
 
-GREEDY = SamplingConfig(max_new_tokens=16, temperature=0.0)
 MAX_TURNS = {"arith": 1, "program": 3, "shop": 8}
 MAX_NEW_TOKENS = {"arith": 64, "program": 40, "shop": 16}
 EVAL_SEED = 10_007
@@ -43,7 +43,7 @@ def answer_all(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     chats: list[list[dict[str, str]]],
-    max_new_tokens: int = 16,
+    max_new_tokens: int = ANSWER_TOKENS,
 ) -> list[str]:
     """Greedy answers to chats (each ends before the assistant turn to be written)."""
     prompts = [render_chat(tokenizer, chat, add_generation_prompt=True).ids for chat in chats]

@@ -1,9 +1,10 @@
 """Organisational knowledge: facts, procedures and conventions as data and as text.
 
 Covers: the vocabulary of the synthetic world (services, people, places,
-steps), random knowledge items drawn from it, the sentences that state an item
-in a document (several phrasings), and the questions that ask about it (several
-phrasings) with their one expected answer. Pretraining uses this to teach the
+steps), random knowledge items drawn from it, the line that states an item in a
+document (one form per kind, `subject relation: value.`), the questions that ask
+about it (several phrasings) with their one expected answer, and the reply that
+answers one: the line quoted, then `so <answer>` (`quoted_answer`). Pretraining uses this to teach the
 tiny model to read its context; the simulated organisation of later stages
 draws its knowledge from the same generator, so the words the model reads at
 work are words it has seen.
@@ -13,9 +14,16 @@ It also reads them back: `parse_statement` turns a document line into its item a
 item a user's question or correction is about), and `questions_about` lists every
 question the generator can ask about an item (paraphrases with the same answer).
 
+Why a reply quotes the line: the tiny default learns to read its context far
+sooner when an answer first copies the document's line and then the value from
+that line (docs/results.md, "Quote the line, then answer"). Copying a line the
+model has just started writing is an induction copy of the same token ids; naming
+the value straight from a question is a search by meaning that it learns late.
+
 Not covered: which items an organisation holds or how they change over weeks
-(that is the world's job); scoring (an answer is right when it equals the
-expected answer after `normalize_answer`, see `is_correct`).
+(that is the world's job). Scoring: an answer is right when its final answer
+(`final_answer`: the text after a last `so `, or the whole reply) equals the
+expected one after `normalize_answer` (see `is_correct`).
 """
 
 from __future__ import annotations
@@ -48,9 +56,17 @@ PROCEDURE_STATEMENTS = (
     "{s} {verb} steps: {a}, then {b}, then {c}.",
     "{s} {verb} steps: {a}, {b}, {c}.",
 )
-"""How a document states a procedure's three steps {a}, {b}, {c}."""
-CONVENTION_STATEMENTS = ("{s} tickets are written {p}-number.", "{s} ticket ids start with {p}-.")
-"""How a document states a ticket-id convention with prefix {p}."""
+"""How a document states a procedure's three steps {a}, {b}, {c}: documents write the first
+form; `parse_statement` reads both."""
+CONVENTION_STATEMENTS = (
+    "{s} tickets: {p}-number.",
+    "{s} tickets are written {p}-number.",
+    "{s} ticket ids start with {p}-.",
+)
+"""How a document states a ticket-id convention with prefix {p}: documents write the first
+form; `parse_statement` reads all (earlier versions wrote the others)."""
+ANSWER_MARK = "so "
+"""Starts the last line of a reply that quotes its line first (`quoted_answer`)."""
 PROCEDURE_QUESTIONS = (
     ("what is the first step to {verb} {s}?", "how do i start to {verb} {s}?"),
     ("what comes after {a} when you {verb} {s}?", "what is the second step to {verb} {s}?"),
@@ -67,8 +83,9 @@ class Relation:
 
     name: str
     statements: tuple[str, ...]
-    """Sentence templates with {s} (subject) and {v} (value); subject first, value last,
-    so a line reads the same way whatever its phrasing."""
+    """Sentence templates with {s} (subject) and {v} (value). Documents write the first,
+    `subject relation: value.`; `parse_statement` reads all (earlier versions wrote the
+    others)."""
     questions: tuple[str, ...]
     """Question templates with {s}."""
     values: tuple[str, ...] | None
@@ -78,37 +95,37 @@ class Relation:
 RELATIONS = (
     Relation(
         "owner",
-        ("{s} is owned by {v}.", "{s} owner: {v}."),
+        ("{s} owner: {v}.", "{s} is owned by {v}."),
         ("who owns {s}?", "who is the owner of {s}?", "{s} owner?", "name the owner of {s}."),
         tuple(PEOPLE),
     ),
     Relation(
         "oncall",
-        ("{s} has {v} on call.", "{s} on call: {v}."),
+        ("{s} on call: {v}.", "{s} has {v} on call."),
         ("who is on call for {s}?", "{s} on call?", "who do i page for {s}?"),
         tuple(PEOPLE),
     ),
     Relation(
         "port",
-        ("{s} runs on port {v}.", "{s} port: {v}."),
+        ("{s} port: {v}.", "{s} runs on port {v}."),
         ("what port does {s} use?", "which port is {s} on?", "{s} port?"),
         None,
     ),
     Relation(
         "region",
-        ("{s} is hosted in {v}.", "{s} region: {v}."),
+        ("{s} region: {v}.", "{s} is hosted in {v}."),
         ("where is {s} hosted?", "which region is {s} in?", "{s} region?"),
         tuple(PLACES),
     ),
     Relation(
         "freeze",
-        ("{s} freezes on {v}.", "{s} freeze day: {v}."),
+        ("{s} freeze day: {v}.", "{s} freezes on {v}."),
         ("when does {s} freeze?", "what day is the {s} freeze?", "{s} freeze day?"),
         tuple(DAYS),
     ),
     Relation(
         "color",
-        ("{s} has a {v} dashboard.", "{s} dashboard: {v}."),
+        ("{s} dashboard: {v}.", "{s} has a {v} dashboard."),
         ("what color is the {s} dashboard?", "which dashboard does {s} use?", "{s} dashboard?"),
         tuple(COLORS),
     ),
@@ -188,17 +205,20 @@ def random_items(
     return items
 
 
-def statement(item: Item, rng: random.Random) -> str:
-    """One sentence stating the item, in a randomly chosen phrasing."""
+def statement(item: Item) -> str:
+    """The line that states the item in a document: `subject relation: value.`."""
     if isinstance(item, Fact):
-        template = rng.choice(RELATION_BY_NAME[item.relation].statements)
+        template = RELATION_BY_NAME[item.relation].statements[0]
         return template.format(s=item.subject, v=item.value)
     if isinstance(item, Procedure):
         a, b, c = item.steps
-        template = rng.choice(PROCEDURE_STATEMENTS)
-        return template.format(verb=item.verb, s=item.subject, a=a, b=b, c=c)
-    template = rng.choice(CONVENTION_STATEMENTS)
-    return template.format(s=item.subject, p=item.prefix)
+        return PROCEDURE_STATEMENTS[0].format(verb=item.verb, s=item.subject, a=a, b=b, c=c)
+    return CONVENTION_STATEMENTS[0].format(s=item.subject, p=item.prefix)
+
+
+def quoted_answer(line: str, answer: str) -> str:
+    """The reply to a question: the line it is read from, then `so <answer>` on its own line."""
+    return f"{line}\n{ANSWER_MARK}{answer}"
 
 
 def question(item: Item, rng: random.Random) -> Question:
@@ -241,14 +261,22 @@ def questions_about(item: Item, number: int = 100) -> list[Question]:
 
 def document(items: list[Item], rng: random.Random) -> str:
     """The items stated one per line, in random order."""
-    lines = [statement(item, rng) for item in items]
+    lines = [statement(item) for item in items]
     rng.shuffle(lines)
     return "\n".join(lines)
 
 
+def final_answer(reply: str) -> str:
+    """What a reply answers: the rest of its last line after `so ` when it has one (a reply
+    that quotes its line first), else the whole reply."""
+    last = reply.strip().rsplit("\n", 1)[-1].strip()
+    return last[len(ANSWER_MARK) :] if last.lower().startswith(ANSWER_MARK) else reply
+
+
 def normalize_answer(text: str) -> str:
-    """Lower-case, strip spaces and a final full stop: the form answers are compared in."""
-    return text.strip().lower().rstrip(".").strip()
+    """The final answer, lower-cased, without surrounding spaces and a final full stop: the
+    form answers are compared in."""
+    return final_answer(text).strip().lower().rstrip(".").strip()
 
 
 def is_correct(answer: str, expected: str) -> bool:

@@ -21,7 +21,10 @@ from typing import Any
 
 Message = dict[str, str]
 
-KNOWLEDGE_SYSTEM = "answer from the notes. reply with the answer only."
+KNOWLEDGE_SYSTEM = "answer from the notes. quote the line first, then give the answer."
+ANSWER_TOKENS = 48
+"""Most tokens of a reply to a knowledge question: the quoted line (a procedure's is the
+longest, about 25) and the answer."""
 AGENT_SYSTEM = {
     "arith": "solve the problem. count step by step, then give the number.",
     "program": "write the python function. reply with code only.",

@@ -114,7 +114,7 @@ def fill(path: Path, org: Org = ORG_A, other: Org = ORG_B) -> Filled:
     facts = [item for item in doc.items if isinstance(item, Fact)]
     pasted = question_about(facts[0], 1)
     corrected = question_about(facts[1], 2)
-    statement = knowledge.statement(facts[1], random.Random(3))
+    statement = knowledge.statement(facts[1])
     outside = next(
         item for item in week0.items if all(item_key(item) != item_key(i) for i in doc.items)
     )
@@ -270,7 +270,7 @@ def test_split_correction_reads_the_statement_then_the_question() -> None:
     for seed in range(200):
         rng = random.Random(seed)
         item = knowledge.random_items(rng, 1)[0]
-        statement = knowledge.statement(item, rng)
+        statement = knowledge.statement(item)
         question = knowledge.question(item, rng).text
         assert split_correction(f"{statement} {question}") == (statement, question)
     assert split_correction("the wiki moved. where is it?") == ("the wiki moved.", "where is it?")
@@ -447,7 +447,7 @@ def test_targets_are_held_out_phrasings_with_the_documents_answers(filled: Fille
 
 def test_a_ticket_question_varies_its_phrasing_and_is_judged_on_another_number() -> None:
     convention = Convention("billing", "fin")
-    line = knowledge.statement(convention, random.Random(0))
+    line = knowledge.statement(convention)
     asked = "ticket id for billing number 42?"
     experience = Experience(
         sessions=("s",),

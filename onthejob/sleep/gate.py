@@ -35,6 +35,7 @@ from transformers import PreTrainedTokenizerBase
 
 from onthejob import knowledge
 from onthejob.evals import answer_all, env_success
+from onthejob.prompts import ANSWER_TOKENS
 from onthejob.registry import ModelVersion, Registry
 from onthejob.sleep.plan import Plan, SleepQuestion, key_of_question
 from onthejob.sleep.selection import SleepError
@@ -145,7 +146,7 @@ def no_context_recall(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[SleepQuestion],
-    max_new_tokens: int = 16,
+    max_new_tokens: int = ANSWER_TOKENS,
 ) -> float:
     """Share of the questions (those with an answer) answered right with no context, greedy."""
     judged = [q for q in questions if q.answer is not None]
@@ -161,7 +162,7 @@ def with_context_accuracy(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[SleepQuestion],
-    max_new_tokens: int = 16,
+    max_new_tokens: int = ANSWER_TOKENS,
 ) -> float:
     """Share of the questions answered right with their teacher context, as the teacher
     reads it (`opsd.teacher_messages`), greedy."""

@@ -152,7 +152,7 @@ def _contexts(experience: Experience, config: PlanConfig) -> dict[Key | None, st
                     continue
                 seen.add(key)
                 if newest[key] != note.item:
-                    line = knowledge.statement(newest[key], random.Random(f"{config.seed}:{line}"))
+                    line = knowledge.statement(newest[key])
             if line not in lines:
                 lines.append(line)
         return lines

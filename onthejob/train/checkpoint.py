@@ -1,5 +1,5 @@
-"""Training checkpoints, the optimizer and a run directory's bookkeeping: the one place
-that builds, saves and resumes the state of a training run.
+"""Training checkpoints and a run directory's bookkeeping: the one place that saves and
+resumes the state of a training run (the optimizers are built in `onthejob.train.optim`).
 
 Covers: saving model weights, optimizer and scheduler state, the step, RNG
 states and a JSON-able `extra` dict into a directory, atomically (write a
@@ -20,31 +20,12 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 CHECKPOINT = "checkpoint"
-
-
-def adamw(
-    params: Iterable[torch.nn.Parameter],
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (never on norms' gains or biases)."""
-    params = list(params)
-    return torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ],
-        lr=lr,
-        betas=betas,
-    )
 
 
 def save_checkpoint(

@@ -79,7 +79,8 @@ from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora
 from onthejob.rollout import ENV_TIMEOUT, Trajectory, run_groups
 from onthejob.sampling import SamplingConfig
 from onthejob.train import check_fields, config_key
-from onthejob.train.checkpoint import adamw, resume_run, save_checkpoint
+from onthejob.train.checkpoint import resume_run, save_checkpoint
+from onthejob.train.optim import adamw
 from onthejob.train.pretrain import onthejob_home
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
 

@@ -80,9 +80,11 @@ from onthejob.models import LoraSettings, adapter_disabled, add_lora, model_devi
 from onthejob.models.fast import base_causal_lm
 from onthejob.models.logprobs import gather_logprobs
 from onthejob.models.tokenizer import chat_prompt_ids
+from onthejob.prompts import ANSWER_TOKENS
 from onthejob.sampling import SamplingConfig, sample
 from onthejob.train import ConfigError
-from onthejob.train.checkpoint import adamw, after_step, budget_left, resume_run
+from onthejob.train.checkpoint import after_step, budget_left, resume_run
+from onthejob.train.optim import adamw
 from onthejob.train.shared_prefix import final_norm, shared_prefix_hidden, shared_prefix_supported
 from onthejob.train.update import UpdateConfig, UpdateResult
 
@@ -195,7 +197,7 @@ class OPSDConfig(UpdateConfig):
     probes its teacher answers right (at org 27, 4 samples left 18 of 49 unlearned, one
     left 2) and recalled more in 6 of 7 held-out sleeps, as much in the seventh
     (docs/results.md, session 10)."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = ANSWER_TOKENS
     """Most tokens per student sample (its end token included)."""
     temperature: float = 1.0
     """Sampling temperature; the divergence always compares the temperature-1 distributions."""
@@ -718,7 +720,7 @@ def probe_divergence(
     probes: Sequence[Probe],
     teacher: torch.nn.Module | None = None,
     samples_per_probe: int = 4,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = ANSWER_TOKENS,
     temperature: float = 1.0,
     seed: int = 10_007,
 ) -> dict[str, float]:

@@ -41,9 +41,11 @@ from transformers import PreTrainedTokenizerBase
 from onthejob.curriculum import Example
 from onthejob.models import model_device, save_model
 from onthejob.models.fast import base_causal_lm
+from onthejob.prompts import ANSWER_TOKENS
 from onthejob.sampling import SamplingConfig, sample
-from onthejob.train.checkpoint import adamw, after_step, budget_left, resume_run
+from onthejob.train.checkpoint import after_step, budget_left, resume_run
 from onthejob.train.opsd import Probe, epoch_indices, prepare_student, probe_prompts
+from onthejob.train.optim import adamw
 from onthejob.train.pretrain import collate, encode_example, weighted_lm_loss
 from onthejob.train.update import UpdateConfig, UpdateResult
 
@@ -108,7 +110,7 @@ def teacher_sample_examples(
     tokenizer: PreTrainedTokenizerBase,
     probes: Sequence[Probe],
     samples_per_probe: int = 1,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = ANSWER_TOKENS,
     temperature: float = 0.0,
     seed: int = 0,
 ) -> list[SFTExample]:

@@ -82,7 +82,7 @@ import openai
 from onthejob import knowledge
 from onthejob.envs.base import clip
 from onthejob.envs.shop import HELP
-from onthejob.prompts import AGENT_SYSTEM, KNOWLEDGE_SYSTEM, SHOP_TOOL
+from onthejob.prompts import AGENT_SYSTEM, ANSWER_TOKENS, KNOWLEDGE_SYSTEM, SHOP_TOOL
 from onthejob.world.client import ServiceClient
 from onthejob.world.org import Org, QuestionTask, ServiceTask, User
 from onthejob.world.service import Refused
@@ -108,7 +108,7 @@ class UsersConfig:
     """Send order steps with tool_choice "required" (else "auto"; see the module docstring)."""
     temperature: float = 0.0
     """Sampling temperature of every request (0: greedy, reproducible)."""
-    answer_tokens: int = 16
+    answer_tokens: int = ANSWER_TOKENS
     """max_tokens of an answer to a question."""
     action_tokens: int = 24
     """max_tokens of one shop action (the forced "shop:" included)."""
@@ -460,7 +460,7 @@ class SimulatedUser:
             text = f"my notes:\n{document.text}\n\n{task.request}"
             conversation.documents.add(task.document)
         record.with_document = task.document in conversation.documents
-        statement = knowledge.statement(task.item, rng)
+        statement = knowledge.statement(task.item)
         message = [{"role": "user", "content": text}]
         for attempt in range(self.config.corrections + 1):
             try:
@@ -572,7 +572,7 @@ def evaluation_text(tasks: Sequence[TaskRecord]) -> str:
     lines = [f"{done} of {len(tasks)} tasks done."]
     for task in tasks:
         if task.kind == "question":
-            said = task.replies[0] if task.replies else ""
+            said = knowledge.final_answer(task.replies[0]) if task.replies else ""
             if task.first_success:
                 lines.append(f"right: {task.request}")
             elif task.cut and not task.replies:

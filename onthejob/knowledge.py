@@ -4,10 +4,10 @@ Covers: the vocabulary of the synthetic world (services, people, places,
 steps), random knowledge items drawn from it, the line that states an item in a
 document (one form per kind, `subject relation: value.`), the questions that ask
 about it (several phrasings) with their one expected answer, and the reply that
-answers one: the line quoted, then `so <answer>` (`quoted_answer`). Pretraining uses this to teach the
-tiny model to read its context; the simulated organisation of later stages
-draws its knowledge from the same generator, so the words the model reads at
-work are words it has seen.
+answers one: the line quoted, then `so <answer>` (`quoted_answer`). Pretraining
+uses this to teach the tiny model to read its context; the simulated
+organisation of later stages draws its knowledge from the same generator, so the
+words the model reads at work are words it has seen.
 
 It also reads them back: `parse_statement` turns a document line into its item and
 `parse_question` a question into what it asks about (so consolidation can tell which

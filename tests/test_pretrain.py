@@ -172,7 +172,7 @@ def test_a_fresh_run_does_not_keep_an_old_runs_metrics(tmp_path):
 @pytest.mark.parametrize(
     "field,value",
     [("steps", 0), ("batch_size", 0), ("lr", 0.0), ("max_len", 1), ("vocab_size", 100),
-     ("micro_batches", 0), ("min_lr_ratio", 1.5), ("checkpoint_every", 0)],
+     ("micro_batches", 0), ("min_lr_ratio", 1.5), ("checkpoint_every", 0), ("optimizer", "sgd")],
 )  # fmt: skip
 def test_a_bad_pretrain_config_names_its_field(field, value):
     with pytest.raises(ConfigError, match=f"^{field} must be"):

@@ -10,7 +10,7 @@ one learning-rate scheduler and one checkpoint hold the whole state.
 Why Muon for pretraining: the tiny default has to learn to copy a value out of its
 context, and that skill forms late, as a jump in accuracy after a plateau. With
 Muon the jump comes in about half the steps it takes AdamW at the same learning
-rate, batch and data (docs/results.md, "Muon"). Fine-tuning (GRPO, OPSD, SFT)
+rate, batch and data (docs/results.md, "Quote the line, then answer; batch 8; Muon"). Fine-tuning (GRPO, OPSD, SFT)
 keeps AdamW: their updates are small, often LoRA, and were tuned with it.
 
 How it departs from the reference Muon: the orthogonalised update is scaled by

@@ -2,8 +2,9 @@
 
 Covers: the tokenizer built from a sample of the curriculum, the model built
 from `TinyConfig`, a weighted next-token loss (full weight on the trained
-assistant turns, `context_weight` on every other token), AdamW with warm-up and
-cosine decay (Muon on the blocks' matrices by default), bf16 autocast, the CPU or a GPU (`device`), periodic atomic checkpoints and exact
+assistant turns, `context_weight` on every other token), Muon on the blocks'
+matrices and AdamW on the rest (or AdamW alone) with warm-up and cosine decay,
+bf16 autocast, the CPU or a GPU (`device`), periodic atomic checkpoints and exact
 resume (batch k is a pure function of (seed, k)), a progress bar, and the
 finished model saved as a Hugging Face directory in the cache.
 
@@ -55,7 +56,7 @@ class PretrainConfig:
     """Everything that decides the pretrained model (it is hashed into the cache key)."""
 
     steps: int = 1400
-    """Optimizer steps (the default run fits 6 minutes on 2 CPU cores: 1,480 took 350-365 s
+    """Optimizer steps (the default run fits 6 minutes on 2 CPU cores: 1,480 took 350-370 s
     on session 12's machine, too close to the bar)."""
     batch_size: int = 8
     """Examples per step: the same examples in 4x the steps of batch 32 read their context

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/onthejob pretrain
 	$(BIN)/onthejob eval
-	$(BIN)/onthejob train --env arith --steps 300   # GRPO on arith (0.96 after pretraining: little left to lift; docs/results.md)
+	$(BIN)/onthejob train --env arith --steps 300   # GRPO on arith: 0.80 -> 1.00 held-out (docs/results.md)
 	$(BIN)/onthejob weeks --org 1 --weeks 1 --exam
 
 test: $(STAMP)

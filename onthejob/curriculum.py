@@ -272,9 +272,10 @@ class EpisodePools:
     """Solved shop episodes."""
     world_model: int = 1500
     """Shop transitions for next-observation prediction."""
-    arith_levels: tuple[int, ...] = (1,)
-    """Difficulty levels of the arithmetic episodes: level 1 only, whose worked counting
-    solutions carry over to held-out sums (bare level-2 answers can only be memorised)."""
+    arith_levels: tuple[int, ...] = (1, 2)
+    """Difficulty levels of the arithmetic episodes: chains of two and three one-digit numbers,
+    whose worked counting solutions carry over to held-out sums (bare answers to longer
+    expressions can only be memorised); half of each."""
     env_levels: tuple[int, ...] = (1, 2)
     """Difficulty levels of the program and shop episodes and the shop transitions."""
 

@@ -35,7 +35,7 @@ from onthejob.rollout import run_episodes
 from onthejob.sampling import SamplingConfig, sample
 
 MAX_TURNS = {"arith": 1, "program": 3, "shop": 8}
-MAX_NEW_TOKENS = {"arith": 64, "program": 40, "shop": 16}
+MAX_NEW_TOKENS = {"arith": 144, "program": 40, "shop": 16}
 EVAL_SEED = 10_007
 
 

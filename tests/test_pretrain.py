@@ -179,18 +179,19 @@ def test_a_bad_pretrain_config_names_its_field(field, value):
         PretrainConfig(**{field: value})
 
 
-def test_arith_episodes_are_level_one_counting_solutions_and_other_envs_keep_both_levels():
+def test_arith_episodes_are_counting_solutions_and_every_env_keeps_two_levels():
     pools = EpisodePools(arith=12, program=0, shop=6, world_model=0)
-    assert pools.levels("arith") == (1,)
+    assert pools.levels("arith") == (1, 2)
     assert pools.levels("shop") == pools.levels("program") == (1, 2)
     built = build_pools(PretrainConfig(pools=pools))
     assert set(built) == {"arith", "shop"}
     for example in built["arith"]:
         prompt, reply = example.messages[1]["content"], example.messages[-1]["content"]
         expression = prompt.split("\n")[0].removeprefix("compute ")
-        a, op, b = expression.split()
-        assert len(a) == len(b) == 1 and op in "+-"
-        assert reply.startswith(f"{a} {b}") and reply.endswith(f". so {evaluate(expression)}")
+        numbers = expression.split()[::2]
+        assert 2 <= len(numbers) <= 3 and all(len(n) == 1 for n in numbers)
+        assert reply.startswith(f"{expression}: {numbers[0]} {numbers[1]}")
+        assert reply.endswith(f". so {evaluate(expression)}")
 
 
 def halving_tasks(env: str, split: str, n: int, seed: int, difficulty: int) -> list[str]:

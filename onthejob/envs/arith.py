@@ -5,13 +5,17 @@ Covers: generating integer expressions ("compute 37 + 45 * 2") at four difficult
 and scoring one free-text answer with math-verify, so equivalent forms ("127", "127.0",
 "$127$", "the answer is 127") count.
 
-The expert (`expert_action`, which pretraining imitates) writes a worked solution for a sum
-or difference of two one-digit numbers: it counts, one step at a time, and carries how many
-steps are left ("compute 3 + 4" -> "3 4, 4 3, 5 2, 6 1, 7 0. so 7"). Every step is a
-successor or predecessor of a small number, which a held-out sum shares with the training
-sums, so the procedure can carry over to sums the model has never seen answered; a bare
-answer ("7") can only be memorised per sum. Longer expressions get the bare answer. The
-reward reads the last number, so the agent may answer either way.
+The expert (`expert_action`, which pretraining imitates) writes a worked solution for a chain
+of one-digit numbers joined by + and - (levels 1 and 2: two and three of them): it copies
+the expression, then counts its first operation one step at a time, carrying how many steps
+are left ("compute 3 + 4" -> "3 + 4: 3 4, 4 3, 5 2, 6 1, 7 0. so 7"); with a third operand
+it then writes what is left of the expression from the value so far and counts that ("3 + 4
+- 2: 3 4, ..., 7 0. 7 - 2: 7 2, 6 1, 5 0. so 5"). Every step is a successor or predecessor
+of a small number, which a held-out sum shares with the training sums, so the procedure
+can carry over to sums the model has never seen answered; a bare answer ("7") can only be
+memorised per sum. Longer expressions get the bare answer. The reward reads the last
+number, so the agent may answer either way. Three operands take up to 20 steps and one
+wrong step spoils the answer, which leaves RL room on level 2.
 
 Does not cover: fractions, division or word problems; several attempts (one answer ends
 the episode).
@@ -63,9 +67,10 @@ class Level:
 
 LEVELS = {
     1: Level(operands=(2, 2), digits=1, ops="+-", max_products=0, parens=False),
-    2: Level(operands=(2, 3), digits=2, ops="+-*", max_products=1, parens=False),
-    3: Level(operands=(3, 4), digits=2, ops="+-*", max_products=1, parens=True),
-    4: Level(operands=(4, 5), digits=3, ops="+-*", max_products=2, parens=True),
+    2: Level(operands=(3, 3), digits=1, ops="+-", max_products=0, parens=False),
+    3: Level(operands=(2, 3), digits=2, ops="+-*", max_products=1, parens=False),
+    4: Level(operands=(3, 4), digits=2, ops="+-*", max_products=1, parens=True),
+    5: Level(operands=(4, 5), digits=3, ops="+-*", max_products=2, parens=True),
 }
 
 
@@ -74,8 +79,9 @@ class ArithConfig:
     """Configuration of the arith env."""
 
     difficulty: int = 2
-    """1: a + b with one digit; 2: up to 3 operands of 2 digits with *; 3: 4 operands and parentheses; 4: 5 operands of 3 digits."""
-    max_answer_chars: int = 100
+    """1: a + b with one digit; 2: a + b - c with one digit; 3: up to 3 operands of 2 digits
+    with *; 4: 4 operands and parentheses; 5: 5 operands of 3 digits."""
+    max_answer_chars: int = 200
     """Longer answers score 0 without being parsed (bounds math-verify's time)."""
 
     def __post_init__(self) -> None:
@@ -104,23 +110,30 @@ def evaluate(expression: str) -> int:
     return walk(ast.parse(expression, mode="eval").body)
 
 
-ONE_DIGIT_PAIR = re.compile(r"(\d) ([+-]) (\d)")
+ONE_DIGIT_CHAIN = re.compile(r"\d( [+-] \d)+")
 
 
 def counting_solution(expression: str) -> str | None:
-    """A worked solution of `a + b` or `a - b` (one-digit a and b) by counting b steps up or
-    down, each step written as "value steps-left": "8 - 3" -> "8 3, 7 2, 6 1, 5 0. so 5".
-    None for any other expression."""
-    match = ONE_DIGIT_PAIR.fullmatch(expression)
-    if match is None:
+    """A worked solution of a chain of one-digit numbers joined by + and -: the expression is
+    written out, its first operation counted, one step at a time as "value steps-left",
+    then what is left of the expression is written out from the value so far and counted in
+    turn: "8 - 3" -> "8 - 3: 8 3, 7 2, 6 1, 5 0. so 5"; "8 - 3 + 2" -> "8 - 3 + 2: 8 3, 7 2,
+    6 1, 5 0. 5 + 2: 5 2, 6 1, 7 0. so 7". None for any other expression."""
+    if ONE_DIGIT_CHAIN.fullmatch(expression) is None:
         return None
-    value, left = int(match.group(1)), int(match.group(3))
-    step = 1 if match.group(2) == "+" else -1
-    pairs = [f"{value} {left}"]
-    while left > 0:
-        value, left = value + step, left - 1
-        pairs.append(f"{value} {left}")
-    return f"{', '.join(pairs)}. so {value}"
+    tokens = expression.split()
+    value, rest = int(tokens[0]), tokens[1:]
+    segments = []
+    while rest:
+        op, left = rest[0], int(rest[1])
+        step = 1 if op == "+" else -1
+        pairs = [f"{value} {left}"]
+        while left > 0:
+            value, left = value + step, left - 1
+            pairs.append(f"{value} {left}")
+        segments.append(f"{' '.join([pairs[0].split()[0], *rest])}: {', '.join(pairs)}")
+        rest = rest[2:]
+    return f"{'. '.join(segments)}. so {value}"
 
 
 @functools.lru_cache(maxsize=65536)

@@ -47,7 +47,7 @@ from onthejob.train import check_fields
 from onthejob.train.checkpoint import latest_checkpoint, resume_run, save_checkpoint
 from onthejob.train.optim import adamw, muon_adamw
 
-CURRICULUM_VERSION = "5"
+CURRICULUM_VERSION = "6"
 OPTIMIZERS = ("muon", "adamw")
 
 

@@ -71,8 +71,11 @@ TAUGHT: list[tuple[dict, str]] = [
 """(request body, the reply the model learns to give to it)."""
 
 
-def teach(tokenizer, base_model, steps: int = 80) -> torch.nn.Module:
-    """A copy of `base_model` trained until greedy decoding gives the TAUGHT replies."""
+def teach(tokenizer, base_model, max_steps: int = 400) -> torch.nn.Module:
+    """A copy of `base_model` trained until greedy decoding gives the TAUGHT replies: until
+    every reply token (and its end) has been the argmax after the tokens before it for 20
+    steps (checked every 20), so the result does not hang on how many threads summed the
+    gradients (a fixed 80 steps taught it with two threads and not with one)."""
     model = copy.deepcopy(base_model).train()
     rows = []
     for body, reply in TAUGHT:
@@ -91,15 +94,22 @@ def teach(tokenizer, base_model, steps: int = 80) -> torch.nn.Module:
     labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
     mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-    for _ in range(steps):
+    taught = labels != -100
+    checks_passed = 0
+    for step in range(max_steps):
         logits = model(input_ids=input_ids, attention_mask=mask).logits
+        if step % 20 == 0:
+            learned = bool((logits.argmax(-1)[taught] == labels[taught]).all())
+            checks_passed = checks_passed + 1 if learned else 0
+            if checks_passed == 2:  # learned 20 steps ago: a margin for the served numerics
+                return model.eval()
         loss = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), labels.flatten(), ignore_index=-100
         )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return model.eval()
+    raise AssertionError(f"the TAUGHT replies were not learned in {max_steps} steps")
 
 
 _TAUGHT_DIRS: dict[int, Path] = {}

@@ -300,16 +300,17 @@ def test_tool_choice_none_and_forced(server, client):
         max_tokens=30,
     )
     assert plain.choices[0].message.content == CALL  # listed, but never parsed as a call
-    forced = client.chat.completions.create(
+    forced = client.chat.completions.create(  # the taught call, its "shop:" written by the server
         model="default",
-        messages=HELLO,
+        messages=[{"role": "user", "content": "find a blue shirt"}],
         tools=[SHOP_TOOL],
         tool_choice={"type": "function", "function": {"name": "shop"}},
         temperature=0,
-        max_tokens=8,
+        max_tokens=30,
     )
     assert forced.choices[0].finish_reason == "tool_calls"
-    assert forced.choices[0].message.tool_calls[0].function.name == "shop"
+    call = forced.choices[0].message.tool_calls[0].function
+    assert call.name == "shop" and json.loads(call.arguments) == {"query": "search blue shirt"}
 
 
 def test_models_list_names_the_tenants_versions(server, client):

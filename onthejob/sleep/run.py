@@ -87,10 +87,13 @@ class SleepConfig:
     """One of METHODS."""
     plan: PlanConfig = field(default_factory=PlanConfig)
     """How probes, targets and teacher contexts are built."""
-    opsd: OPSDConfig = field(default_factory=lambda: OPSDConfig(teacher="base"))
+    opsd: OPSDConfig = field(default_factory=lambda: OPSDConfig(teacher="base", steps=800))
     """The OPSD run (method "opsd"). Its teacher is the base reading the context, also when
     the tenant's adapter trains further: over four weeks at org 21 that gave two promotions
-    and recall 0.28 of everything taught, against one and 0.16 with the parent as teacher."""
+    and recall 0.28 of everything taught, against one and 0.16 with the parent as teacher.
+    800 steps (about 95k tokens of a week's probes): at held-out orgs 32 and 33 the student
+    recalled 89% and 100% of what its teacher gets right, against 69% and 85% at 400 steps
+    and about half that at 100; 1,600 lost 4 points of arithmetic (docs/results.md)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """The SFT run (methods "sft_transcript" and "sft_teacher")."""
     gate: GateConfig = field(default_factory=GateConfig)

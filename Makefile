@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/onthejob pretrain
 	$(BIN)/onthejob eval
-	$(BIN)/onthejob train --env arith --steps 300   # GRPO on arith: 0.80 -> 1.00 held-out (docs/results.md)
-	$(BIN)/onthejob weeks --org 1 --weeks 1 --exam
+	$(BIN)/onthejob train --env arith --steps 300 --out $(ONTHEJOB_HOME)/models/ground   # GRPO on arith: 0.80 -> 1.00 held-out
+	$(BIN)/onthejob weeks --org 1 --weeks 1 --exam --model $(ONTHEJOB_HOME)/models/ground   # the ground model goes to work
 
 test: $(STAMP)
 	$(BIN)/ruff check onthejob tests benchmarks

@@ -46,6 +46,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from onthejob.envs import ENVS, level_problem
+from onthejob.evals import MAX_NEW_TOKENS
 from onthejob.models import load_adapter, load_model
 from onthejob.registry import ModelVersion, Registry
 from onthejob.sleep.gate import (
@@ -75,6 +76,11 @@ from onthejob.train.sft import SFTConfig, sft, teacher_sample_examples, transcri
 
 METHODS = ("none", "opsd", "sft_transcript", "sft_teacher")
 """How a sleep turns the experience into weights (see the module docstring)."""
+SAMPLE_TOKENS = MAX_NEW_TOKENS["arith"]
+"""Most tokens of a sampled answer in a sleep (OPSD's samples, the teacher's for SFT): an
+answer to a question stops far sooner, a replay probe's worked arithmetic needs up to 68
+at level 1. At 48 (`prompts.ANSWER_TOKENS`) the cut solutions cost a sleep at org 36 6.2
+points of arith where 144 cost 3.5, and it recalled 0.477 where 144 recalled 0.523."""
 GUARD_SAMPLES = {"arith": 64}
 """Sampled plays per task of the guard envs that are not played greedily, by default."""
 
@@ -87,13 +93,16 @@ class SleepConfig:
     """One of METHODS."""
     plan: PlanConfig = field(default_factory=PlanConfig)
     """How probes, targets and teacher contexts are built."""
-    opsd: OPSDConfig = field(default_factory=lambda: OPSDConfig(teacher="base", steps=800))
+    opsd: OPSDConfig = field(
+        default_factory=lambda: OPSDConfig(teacher="base", steps=800, max_new_tokens=SAMPLE_TOKENS)
+    )
     """The OPSD run (method "opsd"). Its teacher is the base reading the context, also when
     the tenant's adapter trains further: over four weeks at org 21 that gave two promotions
     and recall 0.28 of everything taught, against one and 0.16 with the parent as teacher.
     800 steps (about 95k tokens of a week's probes): at held-out orgs 32 and 33 the student
     recalled 89% and 100% of what its teacher gets right, against 69% and 85% at 400 steps
-    and about half that at 100; 1,600 lost 4 points of arithmetic (docs/results.md)."""
+    and about half that at 100; 1,600 lost 4 points of arithmetic (docs/results.md).
+    Samples may run to SAMPLE_TOKENS, so a replay probe's counting is not cut short."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """The SFT run (methods "sft_transcript" and "sft_teacher")."""
     gate: GateConfig = field(default_factory=GateConfig)
@@ -372,7 +381,9 @@ def _train(
                 [[_message(t) for t in s.turns] for s in selected if not uses_tools(s.turns)]
             )
         else:  # the parent answers with the context, before any training
-            examples = teacher_sample_examples(model, tokenizer, probes)
+            examples = teacher_sample_examples(
+                model, tokenizer, probes, max_new_tokens=config.opsd.max_new_tokens
+            )
         if not examples:
             raise SleepError(f"{config.method}: the selected sessions give no example to train on")
         sft_result = sft(

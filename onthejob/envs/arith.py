@@ -1,6 +1,6 @@
 """`arith`: one-step arithmetic problems scored by math-verify.
 
-Covers: generating integer expressions ("compute 37 + 45 * 2") at four difficulty levels
+Covers: generating integer expressions ("compute 37 + 45 * 2") at five difficulty levels
 (more operands, more digits, multiplication, then parentheses; answers may be negative)
 and scoring one free-text answer with math-verify, so equivalent forms ("127", "127.0",
 "$127$", "the answer is 127") count.
@@ -125,13 +125,14 @@ def counting_solution(expression: str) -> str | None:
     value, rest = int(tokens[0]), tokens[1:]
     segments = []
     while rest:
+        written = " ".join([str(value), *rest])  # what is left of the expression
         op, left = rest[0], int(rest[1])
         step = 1 if op == "+" else -1
         pairs = [f"{value} {left}"]
         while left > 0:
             value, left = value + step, left - 1
             pairs.append(f"{value} {left}")
-        segments.append(f"{' '.join([pairs[0].split()[0], *rest])}: {', '.join(pairs)}")
+        segments.append(f"{written}: {', '.join(pairs)}")
         rest = rest[2:]
     return f"{'. '.join(segments)}. so {value}"
 

@@ -381,7 +381,7 @@ def _train(
                 [[_message(t) for t in s.turns] for s in selected if not uses_tools(s.turns)]
             )
         else:  # the parent answers with the context, before any training
-            examples = teacher_sample_examples(
+            examples = teacher_sample_examples(  # as long as OPSD's samples: the same budget
                 model, tokenizer, probes, max_new_tokens=config.opsd.max_new_tokens
             )
         if not examples:

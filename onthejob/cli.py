@@ -522,7 +522,13 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
     return SleepConfig(
         method=args.method,
         plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
-        opsd=replace(base.opsd, **train, teacher=args.teacher or base.opsd.teacher),
+        opsd=replace(
+            base.opsd,
+            **train,
+            teacher=args.teacher or base.opsd.teacher,
+            divergence=args.divergence or base.opsd.divergence,
+            beta=base.opsd.beta if args.beta is None else args.beta,
+        ),
         sft=replace(base.sft, **train),
         gate=replace(base.gate, tolerance=args.tolerance),
         guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
@@ -742,6 +748,12 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         choices=("fixed", "base", "ema", "live"),
         help="opsd teacher (base: adapter off even when an earlier adapter trains further)",
     )
+    p.add_argument(
+        "--divergence",
+        choices=("forward_kl", "reverse_kl", "jsd", "sampled"),
+        help="opsd's per-token divergence between teacher and student",
+    )
+    p.add_argument("--beta", type=float, help="jsd's teacher weight: 0 forward KL, 1 reverse KL")
     p.add_argument(
         "--replay",
         type=int,

@@ -932,6 +932,10 @@ def test_onthejob_sleep_prints_the_table_and_registers(
         "--until",
         str(filled.split_at),
         "--hindsight",
+        "--divergence",
+        "jsd",
+        "--beta",
+        "0.3",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -942,10 +946,16 @@ def test_onthejob_sleep_prints_the_table_and_registers(
     versions = Registry(registry).list(ORG_A.tenant)
     assert [v.method for v in versions] == ["base", "opsd"]
     assert versions[1].config["plan"]["hindsight"] is True
+    assert (versions[1].config["opsd"]["divergence"], versions[1].config["opsd"]["beta"]) == (
+        "jsd",
+        0.3,
+    )
     assert f"{versions[1].id} (parent {versions[0].id}, status {versions[1].status})" in out
 
     assert main([*argv[:-1], "--steps", "0", "--quiet"]) == 2
     assert "onthejob sleep: --steps must be > 0, got 0" in capsys.readouterr().err
+    assert main([*argv[:-1], "--beta", "2", "--quiet"]) == 2
+    assert "onthejob sleep: --beta must be in [0, 1]" in capsys.readouterr().err
     assert main(["sleep", "--org", "3", "--store", str(tmp_path / "none.sqlite")]) == 2
     assert "no experience store at" in capsys.readouterr().err
     assert main([*argv[:-1], "--since", "yesterday", "--quiet"]) == 2

@@ -106,10 +106,10 @@ class SleepConfig:
     and about half that at 100; 1,600 lost 4 points of arithmetic (docs/results.md).
     Samples may run to SAMPLE_TOKENS, so a replay probe's counting is not cut short.
     JSD(0.5), not forward KL: at held-out orgs 40-43 it recalled 89-104% of the teacher
-    (forward KL 91-100%) and lost 0.7-2.2 points of sampled arith (forward KL 0.4-3.7; at
-    two of the four orgs more than the guard's 2). The lost sums are answered in the
-    knowledge replies' form (`7 - 2: white.`), a spill that forward KL's mass-covering
-    target spreads further (docs/results.md, session 14)."""
+    (forward KL 91-100%) and lost 0.7-2.2 points of sampled arith, where forward KL lost
+    0.4-3.7 (more than the guard's 2 at two orgs), so the gate promoted 3 of 4 against 2.
+    The lost sums are answered in the knowledge replies' form (`7 - 2: white.`)
+    (docs/results.md, session 14)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """The SFT run (methods "sft_transcript" and "sft_teacher")."""
     gate: GateConfig = field(default_factory=GateConfig)

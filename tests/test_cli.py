@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from onthejob import knowledge
-from onthejob.cli import main
+from onthejob.cli import _add_sleep_flags, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,6 +161,20 @@ def test_bad_numbers_in_flags_are_one_line_errors(argv, message, tmp_path, monke
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(message)
     assert list(tmp_path.iterdir()) == []  # nothing was started or written
+
+
+def test_sleep_flag_choices_are_the_packages_own():
+    """The CLI spells the choices out (it imports no trainer before a command runs); they
+    must stay the package's lists."""
+    from onthejob.sleep.run import METHODS
+    from onthejob.train.opsd import DIVERGENCES, TEACHERS
+
+    parser = argparse.ArgumentParser()
+    _add_sleep_flags(parser)
+    choices = {a.dest: tuple(a.choices) for a in parser._actions if a.choices is not None}
+    assert set(choices["method"]) == set(METHODS)
+    assert choices["teacher"] == TEACHERS
+    assert choices["divergence"] == DIVERGENCES
 
 
 def test_eval_names_an_unknown_env_or_level_before_loading_a_model(tmp_path, monkeypatch, capsys):

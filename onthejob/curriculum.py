@@ -56,6 +56,10 @@ class Example:
     """The expected answer to the first question (knowledge, correction, world_model)."""
     item: knowledge.Item | None = None
     """The knowledge item the first question asks about (knowledge examples)."""
+    value_spans: tuple[tuple[int, int, int], ...] = ()
+    """(message, start, stop): character spans of trained messages that hold what had to be
+    read from the context (in a knowledge reply, the quoted line after its colon); pretraining
+    weighs their tokens `PretrainConfig.value_weight`."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,17 @@ def knowledge_example(
             {"role": "assistant", "content": _reply(q)},
         ]
     trained = tuple(m["role"] == "assistant" for m in messages)
-    return Example("knowledge", tuple(messages), trained, questions[0].answer, asked[0])
+    values = tuple(
+        _value_span(i, m["content"]) for i, m in enumerate(messages) if m["role"] == "assistant"
+    )
+    return Example("knowledge", tuple(messages), trained, questions[0].answer, asked[0], values)
+
+
+def _value_span(message: int, reply: str) -> tuple[int, int, int]:
+    """The value in a quoted reply (`subject relation: value.` / `so value`): from after the
+    quoted line's colon to the end of that line."""
+    line_end = reply.index("\n")
+    return message, reply.index(":", 0, line_end) + 1, line_end
 
 
 def _reply(question: knowledge.Question) -> str:

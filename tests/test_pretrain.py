@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -56,6 +57,27 @@ def test_encode_example_weights_answer_tokens_fully(tokenizer):
     answers = [m["content"] for m in example.messages if m["role"] == "assistant"]
     assert "".join(full) == "<|end|>".join(answers) + "<|end|>"
     assert set(weights) == {0.0, 0.1, 1.0}
+
+
+def test_encode_example_weighs_the_quoted_values(tokenizer):
+    example = curriculum.knowledge_example(random.Random(0), 3, pasted=False, n_questions=2)
+    replies = [m["content"] for m in example.messages if m["role"] == "assistant"]
+    values = [
+        reply.split("\n")[0].split(":", 1)[1] for reply in replies
+    ]  # " kai." of "x owner: kai."
+    assert [example.messages[m]["content"][lo:hi] for m, lo, hi in example.value_spans] == values
+    ids, weights = encode_example(tokenizer, example, 0.1, 10_000, value_weight=4.0)
+    heavy = [tokenizer.decode([i]) for i, w in zip(ids, weights, strict=True) if w == 4.0]
+    assert "".join(heavy) == "".join(values)
+    assert set(weights) == {0.0, 0.1, 1.0, 4.0}
+
+
+def test_a_value_span_that_cuts_a_token_is_refused(tokenizer):
+    example = curriculum.knowledge_example(random.Random(0), 3, pasted=False)
+    message, lo, hi = example.value_spans[0]
+    broken = dataclasses.replace(example, value_spans=((message, lo + 2, hi),))
+    with pytest.raises(ValueError, match="cuts a token"):
+        encode_example(tokenizer, broken, 0.1, 10_000, value_weight=4.0)
 
 
 def test_collate_shifts_targets_and_pads():

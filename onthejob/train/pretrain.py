@@ -42,7 +42,7 @@ from onthejob.models import (
     save_model,
     train_tokenizer,
 )
-from onthejob.models.tokenizer import SPECIAL_TOKENS
+from onthejob.models.tokenizer import SPECIAL_TOKENS, encode_text
 from onthejob.train import check_fields
 from onthejob.train.checkpoint import latest_checkpoint, resume_run, save_checkpoint
 from onthejob.train.optim import adamw, muon_adamw
@@ -74,6 +74,12 @@ class PretrainConfig:
     """Global gradient-norm clip."""
     context_weight: float = 0.1
     """Loss weight of tokens outside the trained assistant turns."""
+    value_weight: float = 4.0
+    """Loss weight of the tokens of a trained reply that had to be read from the context
+    (`curriculum.Example.value_spans`: a knowledge reply's quoted value), the one part of
+    the reply that needs the right line. 4 against 1 read 0.66 / 0.685 against 0.565 /
+    0.585 on the knowledge-heavy proxy (seeds 0, 1), and 0.65 against 0.55 on the whole
+    curriculum (docs/results.md, session 15)."""
     max_len: int = 640
     """Examples are cut to this many tokens."""
     vocab_size: int = 1536
@@ -111,6 +117,7 @@ class PretrainConfig:
             "weight_decay": (self.weight_decay < 0, ">= 0"),
             "grad_clip": (not self.grad_clip > 0, "> 0"),
             "context_weight": (self.context_weight < 0, ">= 0"),
+            "value_weight": (self.value_weight < 0, ">= 0"),
             "max_len": (self.max_len < 2, ">= 2 (a token and the one it predicts)"),
             "vocab_size": (
                 self.vocab_size <= len(SPECIAL_TOKENS) + 256,
@@ -154,8 +161,10 @@ def encode_example(
     example: curriculum.Example,
     context_weight: float,
     max_len: int,
+    value_weight: float = 1.0,
 ) -> tuple[list[int], list[float]]:
-    """Token ids and per-token loss weights (weight i is for predicting token i; token 0 gets 0)."""
+    """Token ids and per-token loss weights (weight i is for predicting token i; token 0 gets 0):
+    1 on trained turns, value_weight on their value spans, context_weight elsewhere."""
     chat = render_chat(tokenizer, list(example.messages))
     weights = [context_weight] * len(chat.ids)
     weights[0] = 0.0
@@ -165,7 +174,34 @@ def encode_example(
                 raise ValueError(f"only assistant turns can be trained, got {role}")
             for i in range(start, stop):
                 weights[i] = 1.0
+    if value_weight != 1.0:
+        for message, lo, hi in example.value_spans:
+            start, stop = value_tokens(tokenizer, chat.spans[message][1], example, message, lo, hi)
+            weights[start:stop] = [value_weight] * (stop - start)
     return chat.ids[:max_len], weights[:max_len]
+
+
+def value_tokens(
+    tokenizer: PreTrainedTokenizerBase,
+    offset: int,
+    example: curriculum.Example,
+    message: int,
+    lo: int,
+    hi: int,
+) -> tuple[int, int]:
+    """Token positions [start, stop) of characters [lo, hi) of a message whose ids start at
+    offset. Raises ValueError when the span does not begin and end on token boundaries."""
+    if not example.trained[message]:
+        raise ValueError(f"value span in message {message}, which is not trained")
+    content = example.messages[message]["content"]
+    ids = encode_text(tokenizer, content)
+    head, upto = encode_text(tokenizer, content[:lo]), encode_text(tokenizer, content[:hi])
+    if ids[: len(head)] != head or ids[: len(upto)] != upto:
+        raise ValueError(
+            f"value span {lo}:{hi} of {content!r} cuts a token; spans must start and end"
+            " between tokens"
+        )
+    return offset + len(head), offset + len(upto)
 
 
 def collate(
@@ -278,6 +314,7 @@ def pretrain(
                     data.example(step * config.batch_size + i, step / config.steps),
                     config.context_weight,
                     config.max_len,
+                    config.value_weight,
                 )
                 for i in range(config.batch_size)
             ]

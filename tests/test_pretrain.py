@@ -78,6 +78,9 @@ def test_a_value_span_that_cuts_a_token_is_refused(tokenizer):
     broken = dataclasses.replace(example, value_spans=((message, lo + 2, hi),))
     with pytest.raises(ValueError, match="cuts a token"):
         encode_example(tokenizer, broken, 0.1, 10_000, value_weight=4.0)
+    in_question = dataclasses.replace(example, value_spans=((1, 0, 4),))
+    with pytest.raises(ValueError, match="not trained"):
+        encode_example(tokenizer, in_question, 0.1, 10_000, value_weight=4.0)
 
 
 def test_collate_shifts_targets_and_pads():

@@ -11,7 +11,9 @@ finished model saved as a Hugging Face directory in the cache.
 Not covered: evaluation (`onthejob.evals`), RL (`onthejob.train.grpo`).
 
 Departure from plain LM pretraining: the loss is weighted per token, not
-uniform; documents grow from short to long over training (see curriculum).
+uniform (context tokens light, the replies full, and the part of a reply read
+from the context, its value, heavier); documents grow from short to long over
+training (see curriculum).
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ class PretrainConfig:
     """Loss weight of the tokens of a trained reply that had to be read from the context
     (`curriculum.Example.value_spans`: a knowledge reply's quoted value), the one part of
     the reply that needs the right line. 4 against 1 read 0.66 / 0.685 against 0.565 /
-    0.585 on the knowledge-heavy proxy (seeds 0, 1), and 0.65 against 0.55 on the whole
-    curriculum (docs/results.md, session 15)."""
+    0.585 on the knowledge-heavy proxy (seeds 0, 1), and 0.72 against 0.55 on the whole
+    curriculum (0.65 in a second run; docs/results.md, session 15)."""
     max_len: int = 640
     """Examples are cut to this many tokens."""
     vocab_size: int = 1536

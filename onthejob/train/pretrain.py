@@ -178,32 +178,27 @@ def encode_example(
                 weights[i] = 1.0
     if value_weight != 1.0:
         for message, lo, hi in example.value_spans:
-            start, stop = value_tokens(tokenizer, chat.spans[message][1], example, message, lo, hi)
-            weights[start:stop] = [value_weight] * (stop - start)
+            if not example.trained[message]:
+                raise ValueError(f"value span in message {message}, which is not trained")
+            _, start, stop = chat.spans[message]
+            content = example.messages[message]["content"]
+            first, last = value_tokens(tokenizer, content, chat.ids[start : stop - 1], lo, hi)
+            weights[start + first : start + last] = [value_weight] * (last - first)
     return chat.ids[:max_len], weights[:max_len]
 
 
 def value_tokens(
-    tokenizer: PreTrainedTokenizerBase,
-    offset: int,
-    example: curriculum.Example,
-    message: int,
-    lo: int,
-    hi: int,
+    tokenizer: PreTrainedTokenizerBase, content: str, ids: list[int], lo: int, hi: int
 ) -> tuple[int, int]:
-    """Token positions [start, stop) of characters [lo, hi) of a message whose ids start at
-    offset. Raises ValueError when the span does not begin and end on token boundaries."""
-    if not example.trained[message]:
-        raise ValueError(f"value span in message {message}, which is not trained")
-    content = example.messages[message]["content"]
-    ids = encode_text(tokenizer, content)
+    """Token positions [first, last) in ids (content's encoding) of content's characters
+    [lo, hi). Raises ValueError when the span does not begin and end on token boundaries."""
     head, upto = encode_text(tokenizer, content[:lo]), encode_text(tokenizer, content[:hi])
     if ids[: len(head)] != head or ids[: len(upto)] != upto:
         raise ValueError(
             f"value span {lo}:{hi} of {content!r} cuts a token; spans must start and end"
             " between tokens"
         )
-    return offset + len(head), offset + len(upto)
+    return len(head), len(upto)
 
 
 def collate(

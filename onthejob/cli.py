@@ -740,7 +740,8 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         "--guard-samples",
         type=_env_counts,
         default=None,
-        help='plays per guard task by env, sampled and averaged, e.g. "arith=64" (the default);'
+        help='plays per guard task by env, sampled and averaged, e.g. "arith=64,shop=8" (the'
+        " default);"
         ' envs not named play once, greedily; "greedy" plays every env greedily',
     )
     p.add_argument(

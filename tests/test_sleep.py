@@ -483,7 +483,8 @@ def test_guard_samples_must_name_guard_envs_with_a_count() -> None:
         SleepConfig(guard_envs=("arith",), guard_samples={"arith": 8, "shop": 4})
     with pytest.raises(SleepError, match="fewer than 1 sample"):
         SleepConfig(guard_samples={"arith": 0})
-    assert SleepConfig().guard_plays() == {"arith": 64}
+    assert SleepConfig().guard_plays() == {"arith": 64, "shop": 8}
+    assert SleepConfig(guard_envs=("arith",)).guard_plays() == {"arith": 64}
     assert SleepConfig(guard_envs=("program",)).guard_plays() == {}  # the default, cut to fit
     assert SleepConfig(guard_samples={}).guard_plays() == {}  # all greedy
 
@@ -598,11 +599,12 @@ def test_lineage_guard_is_the_first_sleeps_measurement_of_the_same_suite(
     assert lineage_guard(registry, other, ["arith"], 50) == {"arith success": 0.08}
 
 
-def test_replay_probes_are_training_openings_the_teacher_sees_unchanged(tokenizer) -> None:
+def test_replay_probes_are_training_chats_the_teacher_sees_unchanged(tokenizer) -> None:
     probes = replay_probes(("arith", "shop"), 5, difficulty=1, seed=0)
     assert len(probes) == 5 and all(p.context is None for p in probes)
     systems = [p.messages[0]["content"] for p in probes]
     assert systems == [env_system("arith")] * 3 + [env_system("shop")] * 2
+    assert all(len(p.messages) == 2 for p in probes[:3])  # a sum has one turn: the opening
     for probe in probes:
         assert teacher_messages(probe) == list(probe.messages)
         student, teacher = probe_prompts(tokenizer, probe)
@@ -610,6 +612,20 @@ def test_replay_probes_are_training_openings_the_teacher_sees_unchanged(tokenize
     held_out = {t.prompt for t in available_tasks("arith", "test", 100, 0, 1)}
     assert not held_out & {p.messages[1]["content"] for p in probes[:3]}
     assert replay_probes(("arith",), 0, 1, 0) == []
+
+
+def test_replay_probes_cut_a_multi_turn_episode_before_any_expert_reply() -> None:
+    """Shop probes are an episode's opening or the opening, then expert replies and the
+    shop's pages, ending on a page: the student's next reply is what it practises."""
+    probes = replay_probes(("shop",), 12, difficulty=1, seed=3)
+    lengths = {len(p.messages) for p in probes}
+    assert 2 in lengths and max(lengths) > 2  # openings and later turns both occur
+    for probe in probes:
+        assert [m["role"] for m in probe.messages[:2]] == ["system", "user"]
+        assert [m["role"] for m in probe.messages[2:]] == ["assistant", "tool"] * (
+            (len(probe.messages) - 2) // 2
+        )
+    assert replay_probes(("shop",), 12, 1, 3) == probes  # a function of the seed
 
 
 # -- end to end: training, registry, tenants, the command --------------------------------

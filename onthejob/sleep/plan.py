@@ -17,9 +17,10 @@ sessions (`prompts.KNOWLEDGE_SYSTEM`, then the question) and whose teacher conte
   the item, so a thumbs-down session whose critique names the right answer still teaches
   where nothing else does.
 
-Also `replay_probes`: openings of the grindable envs' training tasks with no context, so
-the teacher sees exactly what the student sees; mixed into a sleep's probes they anchor
-the skills the guard suite measures (its tasks are the envs' held-out split, never these).
+Also `replay_probes`: the grindable envs' training tasks with no context, cut before one
+of the expert's replies (the opening, or a later turn of a multi-turn episode), so the
+teacher sees exactly what the student sees; mixed into a sleep's probes they anchor the
+skills the guard suite measures (its tasks are the envs' held-out split, never these).
 
 Not covered: how the teacher's prompt is built from a probe and its context
 (`onthejob.train.opsd.teacher_messages`, the one place shared with the trainer), training,
@@ -276,19 +277,21 @@ def plan_sleep(experience: Experience, config: PlanConfig | None = None) -> Plan
 
 
 def replay_probes(envs: Sequence[str], n: int, difficulty: int, seed: int) -> list[Probe]:
-    """n probes, spread over the envs, each a training task's opening chat with no context
-    (the env's system turn and first observation, as an episode starts)."""
-    from onthejob.curriculum import available_tasks
-    from onthejob.envs import make_env
-    from onthejob.prompts import agent_opening
+    """n probes, spread over the envs, each a training task's chat with no context, cut
+    before one of the expert's replies: the opening (the env's system turn and first
+    observation, as an episode starts) or, in a multi-turn episode, a later turn drawn at
+    random, so a shop's checkout is anchored as well as its first search."""
+    from onthejob.curriculum import available_tasks, expert_episode
 
+    rng = random.Random(seed)
     probes: list[Probe] = []
     for i, env_name in enumerate(envs):
         share = n // len(envs) + (i < n % len(envs))
         if share == 0:
             continue
-        env = make_env(env_name)
-        for j, task in enumerate(available_tasks(env_name, "train", share, seed, difficulty)):
-            observation, _ = env.reset(seed=seed + j, task=task)
-            probes.append(Probe(tuple(agent_opening(env_name, observation)), None))
+        for task in available_tasks(env_name, "train", share, seed, difficulty):
+            messages = expert_episode(env_name, task, rng).messages
+            replies = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+            cut = rng.choice(replies)
+            probes.append(Probe(tuple(messages[:cut]), None))
     return probes

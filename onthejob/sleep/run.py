@@ -81,7 +81,7 @@ SAMPLE_TOKENS = MAX_NEW_TOKENS["arith"]
 answer to a question stops far sooner, a replay probe's worked arithmetic needs up to 68
 at level 1. At 48 (`prompts.ANSWER_TOKENS`) the cut solutions cost a sleep at org 36 6.2
 points of arith where 144 cost 3.5, and it recalled 0.477 where 144 recalled 0.523."""
-GUARD_SAMPLES = {"arith": 64}
+GUARD_SAMPLES = {"arith": 64, "shop": 8}
 """Sampled plays per task of the guard envs that are not played greedily, by default."""
 
 
@@ -125,13 +125,18 @@ class SleepConfig:
     is their mean success. An env not named is played once, greedily ({}: all greedy).
     None: `GUARD_SAMPLES` for those of its envs that are guard envs. Arith's 50 level-1
     sums played greedily move the score 2 points per flipped sum, the whole tolerance;
-    64 samples per sum put four seeds of the same model within 1.9 points of each other
-    (docs/results.md). Program and shop stay greedy: their episodes cost far more."""
-    replay: int = 16
-    """Replay probes mixed into the probes of "opsd" and "sft_teacher": openings of the
-    guard envs' training tasks, no context (`plan.replay_probes`), at the guard's level.
-    At org 21 (24k tokens, lr 1e-3) 16 kept OPSD's guard within 2 points where none lost
-    4 points of arithmetic; 64 took the budget from the knowledge (docs/results.md)."""
+    64 samples per sum put four seeds of the same model within 1.9 points of each other.
+    The shop's 100 tasks played greedily flip both ways under any update: five candidates
+    of the session-15 ground model lost 3-8 points greedily (paired standard error 2.4-4.6)
+    and -2.6 to +1.6 with 8 samples per task (standard error 1.5-2.0), which cost about
+    80 s a model (docs/results.md). Program stays greedy: it scores about 1%."""
+    replay: int = 48
+    """Replay probes mixed into the probes of "opsd" and "sft_teacher": the guard envs'
+    training tasks, no context, cut before one of the expert's replies
+    (`plan.replay_probes`), at the guard's level. At org 21 (24k tokens, lr 1e-3) 16 kept
+    OPSD's guard within 2 points where none lost 4 points of arithmetic; 64 took the budget
+    from the knowledge. From the session-15 ground model 16 lost 3.2-6.1 points of sampled
+    arith at orgs 40 and 43, 48 lost 1.6 and 1.7 with the same recall (docs/results.md)."""
     promote: bool = True
     """Promote a candidate the gate passes (False: leave it a candidate; failures are
     rejected either way)."""

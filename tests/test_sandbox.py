@@ -620,6 +620,16 @@ def test_worker_killed_mid_run(spawned: Spawned):
 
 
 def test_ctrl_c_cleans_up(spawned: Spawned):
+    # A suite started in the background by a shell without job control inherits SIGINT
+    # ignored; Ctrl-C at a terminal raises KeyboardInterrupt, which is what this tests.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_a_sandboxed_run(spawned)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_a_sandboxed_run(spawned: Spawned) -> None:
     main = threading.get_ident()
 
     def interrupt() -> None:

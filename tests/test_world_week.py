@@ -259,12 +259,20 @@ def test_work_runs_a_day_and_prints_the_table(tmp_path, model_dir):
     assert processes_mentioning(str(tmp_path)) == []
 
 
+def _sigint_default() -> None:
+    """In the child before exec: Ctrl-C's default, which Python turns into KeyboardInterrupt.
+    A suite started in the background by a shell without job control inherits SIGINT
+    ignored, and Python keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_work_stops_everything_on_ctrl_c(tmp_path, model_dir):
     env = {**os.environ, "ONTHEJOB_HOME": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "onthejob.cli", "work", "--org", "4", "--days", "3", "--quiet",
          "--model", str(model_dir)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_default,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not list((tmp_path / "runs").glob("work-*/server.log")):  # the server is starting

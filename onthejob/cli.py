@@ -740,8 +740,7 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         "--guard-samples",
         type=_env_counts,
         default=None,
-        help='plays per guard task by env, sampled and averaged, e.g. "arith=64,shop=8" (the'
-        " default);"
+        help='plays per guard task by env, sampled and averaged (default "arith=64,shop=8");'
         ' envs not named play once, greedily; "greedy" plays every env greedily',
     )
     p.add_argument(

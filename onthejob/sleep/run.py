@@ -136,7 +136,8 @@ class SleepConfig:
     (`plan.replay_probes`), at the guard's level. At org 21 (24k tokens, lr 1e-3) 16 kept
     OPSD's guard within 2 points where none lost 4 points of arithmetic; 64 took the budget
     from the knowledge. From the session-15 ground model 16 lost 3.2-6.1 points of sampled
-    arith at orgs 40 and 43, 48 lost 1.6 and 1.7 with the same recall (docs/results.md)."""
+    arith at orgs 40 and 43, and 48 lost 1.6 and 1.7 with as much recall or more; over
+    two seeds at orgs 40-43, 48 lost 0.2-3.2 (mean 1.7) (docs/results.md)."""
     promote: bool = True
     """Promote a candidate the gate passes (False: leave it a candidate; failures are
     rejected either way)."""

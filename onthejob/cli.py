@@ -31,7 +31,18 @@ if TYPE_CHECKING:  # the commands import their modules when they run (a fast sta
     from onthejob.train import ConfigError
 
 
+SHAPE_FLAGS = {
+    "num_layers": "layers",
+    "hidden_size": "hidden",
+    "num_heads": "heads",
+    "num_kv_heads": "heads",
+    "intermediate_size": "mlp",
+}
+"""`onthejob pretrain`'s model-shape flags, by the `TinyConfig` field each sets."""
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from onthejob.train import ConfigError
     from onthejob.train.pretrain import PretrainConfig, default_model_dir, pretrain
 
     config = PretrainConfig()
@@ -56,6 +67,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             tokenizer_sample=300,
             vocab_size=512,
         )
+    shape = {
+        field: value
+        for field, value in (
+            ("num_layers", args.layers),
+            ("hidden_size", args.hidden),
+            ("num_heads", args.heads),
+            ("num_kv_heads", args.heads),
+            ("intermediate_size", args.mlp),
+        )
+        if value is not None
+    }
+    try:
+        config = replace(config, model=replace(config.model, **shape), seed=args.seed)
+    except ConfigError as e:
+        flag = SHAPE_FLAGS.get(e.field, e.field.replace("_", "-"))
+        print(f"onthejob pretrain: --{flag} {e.problem}", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else default_model_dir(config)
     if out.exists() and not args.force:
         print(f"pretrained model cached at {out} (use --force to retrain)")
@@ -886,6 +914,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1...")
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (on a GPU)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of data, initialisation, sampling")
+    p.add_argument("--layers", type=_count, help="transformer blocks (default: TinyConfig's)")
+    p.add_argument("--hidden", type=_count, help="width of the residual stream")
+    p.add_argument("--heads", type=_count, help="attention heads (as many key/value heads)")
+    p.add_argument("--mlp", type=_count, help="width of the SwiGLU MLP")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 

@@ -25,6 +25,7 @@ from onthejob.models import (
 )
 from onthejob.models.hf import TinyConfig
 from onthejob.models.tokenizer import END
+from onthejob.train import ConfigError
 from tests.conftest import TINY
 
 MESSAGES = [
@@ -91,6 +92,22 @@ def test_default_model_has_a_few_million_parameters(tokenizer):
     model = build_model(TinyConfig(), tokenizer)
     n = count_parameters(model)
     assert 1_000_000 < n < 10_000_000
+
+
+@pytest.mark.parametrize(
+    "shape,field",
+    [
+        (dict(num_layers=0), "num_layers"),
+        (dict(num_heads=8, num_kv_heads=3), "num_kv_heads"),
+        (dict(hidden_size=100, num_heads=8, num_kv_heads=8), "hidden_size"),  # 12.5 per head
+        (dict(hidden_size=120, num_heads=8, num_kv_heads=8), "hidden_size"),  # 15: odd, no rotary
+        (dict(intermediate_size=0), "intermediate_size"),
+    ],
+)
+def test_a_model_shape_that_cannot_be_built_is_a_config_error_naming_the_field(shape, field):
+    with pytest.raises(ConfigError) as error:
+        TinyConfig(**shape)
+    assert error.value.field == field
 
 
 def test_gather_logprobs_hand_computed():

@@ -29,6 +29,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from onthejob.train import check_fields
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
@@ -57,6 +59,25 @@ class TinyConfig:
     """Rotary embedding base."""
     tie_embeddings: bool = True
     """Share input embedding and output head (saves vocab x hidden parameters)."""
+
+    def __post_init__(self) -> None:
+        heads, kv_heads = max(self.num_heads, 1), max(self.num_kv_heads, 1)
+        problems = {
+            "num_layers": (self.num_layers < 1, "> 0"),
+            "num_heads": (self.num_heads < 1, "> 0"),
+            "num_kv_heads": (
+                self.num_kv_heads < 1 or heads % kv_heads != 0,
+                f"> 0 and a divisor of num_heads ({self.num_heads})",
+            ),
+            "hidden_size": (
+                self.hidden_size < 1 or self.hidden_size % (2 * heads) != 0,
+                f"a multiple of 2 x num_heads ({2 * heads}): each head's size must be even"
+                " for the rotary embedding",
+            ),
+            "intermediate_size": (self.intermediate_size < 1, "> 0"),
+            "max_positions": (self.max_positions < 2, ">= 2"),
+        }
+        check_fields(self, problems)
 
 
 def build_model(

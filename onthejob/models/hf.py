@@ -1,7 +1,8 @@
 """Hugging Face model directories: the tiny default config, build, load, save.
 
 Covers: the embedded default architecture (a Llama-style causal LM of a few
-million parameters), building it from scratch around a local tokenizer, and
+million parameters; a shape that cannot be built, such as an odd head size, is a
+`ConfigError` naming the field), building it from scratch around a local tokenizer, and
 loading or saving any local causal-LM directory (config + safetensors +
 tokenizer). Nothing here reaches the network: a path that is not a model
 directory is a one-line `ModelDirError` naming the path.

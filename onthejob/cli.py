@@ -35,10 +35,11 @@ SHAPE_FLAGS = {
     "num_layers": "layers",
     "hidden_size": "hidden",
     "num_heads": "heads",
-    "num_kv_heads": "heads",
-    "intermediate_size": "mlp",
+    "num_kv_heads": "kv-heads",
+    "intermediate_size": "ffn",
 }
-"""`onthejob pretrain`'s model-shape flags, by the `TinyConfig` field each sets."""
+"""`onthejob pretrain`'s model-shape flags, by the `TinyConfig` field each sets (the names
+of the benchmarks' shape flags, `benchmarks/side_by_side.py`)."""
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -73,8 +74,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             ("num_layers", args.layers),
             ("hidden_size", args.hidden),
             ("num_heads", args.heads),
-            ("num_kv_heads", args.heads),
-            ("intermediate_size", args.mlp),
+            ("num_kv_heads", args.kv_heads if args.kv_heads is not None else args.heads),
+            ("intermediate_size", args.ffn),
         )
         if value is not None
     }
@@ -917,8 +918,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="seed of data, initialisation, sampling")
     p.add_argument("--layers", type=_count, help="transformer blocks (default: TinyConfig's)")
     p.add_argument("--hidden", type=_count, help="width of the residual stream")
-    p.add_argument("--heads", type=_count, help="attention heads (as many key/value heads)")
-    p.add_argument("--mlp", type=_count, help="width of the SwiGLU MLP")
+    p.add_argument("--heads", type=_count, help="attention heads")
+    p.add_argument("--kv-heads", type=_count, help="key/value heads (default: as many as --heads)")
+    p.add_argument("--ffn", type=_count, help="width of the SwiGLU MLP")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 

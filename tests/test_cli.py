@@ -171,15 +171,21 @@ def test_pretrain_shape_flags_set_the_model_and_a_bad_shape_is_one_line(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert err.startswith("onthejob pretrain: --hidden must be a multiple of 2 x num_heads (16)")
+    assert main(["pretrain", "--heads", "8", "--kv-heads", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "onthejob pretrain: --kv-heads must be > 0 and a divisor of num_heads (8)"
+    )
     assert list(tmp_path.iterdir()) == []  # nothing was started or written
 
     out = tmp_path / "shaped"
     argv = ["pretrain", "--tiny", "--steps", "2", "--batch-size", "2", "--out", str(out)]
-    shape = ["--layers", "1", "--hidden", "32", "--heads", "2", "--mlp", "48", "--seed", "3"]
+    shape = ["--layers", "1", "--hidden", "32", "--heads", "2", "--kv-heads", "1"]
+    shape += ["--ffn", "48", "--seed", "3"]
     assert main([*argv, *shape, "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["num_hidden_layers"], config["hidden_size"]) == (1, 32)
-    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 2)
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 1)
     assert config["intermediate_size"] == 48
     assert json.loads((out / "pretrain_config.json").read_text())["seed"] == 3
 

@@ -68,22 +68,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             tokenizer_sample=300,
             vocab_size=512,
         )
-    shape = {
-        field: value
-        for field, value in (
-            ("num_layers", args.layers),
-            ("hidden_size", args.hidden),
-            ("num_heads", args.heads),
-            ("num_kv_heads", args.kv_heads if args.kv_heads is not None else args.heads),
-            ("intermediate_size", args.ffn),
-        )
-        if value is not None
-    }
+    shape = {field: getattr(args, flag.replace("-", "_")) for field, flag in SHAPE_FLAGS.items()}
+    if shape["num_kv_heads"] is None:
+        shape["num_kv_heads"] = args.heads  # as many key/value heads as heads
+    given = {field: value for field, value in shape.items() if value is not None}
     try:
-        config = replace(config, model=replace(config.model, **shape), seed=args.seed)
+        config = replace(config, model=replace(config.model, **given), seed=args.seed)
     except ConfigError as e:
-        flag = SHAPE_FLAGS.get(e.field, e.field.replace("_", "-"))
-        print(f"onthejob pretrain: --{flag} {e.problem}", file=sys.stderr)
+        print(f"onthejob pretrain: --{SHAPE_FLAGS[e.field]} {e.problem}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else default_model_dir(config)
     if out.exists() and not args.force:

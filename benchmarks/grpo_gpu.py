@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from side_by_side import LARGER, add_shape_flags, prepare_process, shape_from_flags
+from side_by_side import LARGER, parse_with_shape, prepare_process
 
-from onthejob.models import check_device, count_parameters, load_model
+from onthejob.models import TinyConfig, check_device, count_parameters, load_model
 from onthejob.train.grpo import GRPOConfig, train
 from onthejob.train.pretrain import PretrainConfig, pretrain
 
@@ -84,13 +84,11 @@ def matmul_parameters(model: torch.nn.Module) -> int:
     return total if embed is head else total - embed.numel()
 
 
-def larger_pretraining(
-    args: argparse.Namespace, steps: int, batch: int, lr: float
-) -> PretrainConfig:
-    """The default curriculum and loss, for the shape the flags give, in bf16 autocast."""
+def larger_pretraining(shape: TinyConfig, steps: int, batch: int, lr: float) -> PretrainConfig:
+    """The default curriculum and loss, for the given shape, in bf16 autocast."""
     return replace(
         PretrainConfig(),
-        model=shape_from_flags(args),
+        model=shape,
         steps=steps,
         batch_size=batch,
         lr=lr,
@@ -137,7 +135,6 @@ def summarize(records: list[dict[str, Any]], n: int, peak: float) -> dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1... (cpu: a smoke run)")
-    add_shape_flags(parser, LARGER)
     parser.add_argument("--pretrain-steps", type=int, default=1200, help="from-scratch steps")
     parser.add_argument("--pretrain-batch", type=int, default=64, help="examples per step")
     parser.add_argument("--pretrain-lr", type=float, default=5e-4, help="peak pretraining lr")
@@ -154,7 +151,7 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=0, help="held-out tasks per env (0: none)")
     parser.add_argument("--peak-n", type=int, default=8192, help="size of the peak matmul")
     parser.add_argument("--out", help="directory for results.json and the metrics (default: tmp)")
-    args = parser.parse_args()
+    args, shape = parse_with_shape(parser, LARGER)
     prepare_process(0)
     device = check_device(args.device)
     out = Path(args.out or tempfile.mkdtemp(prefix="grpo-gpu-"))
@@ -165,7 +162,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; measured bf16 matmul peak {peak:.1f} TFLOP/s (n={args.peak_n})")
 
-    pre = larger_pretraining(args, args.pretrain_steps, args.pretrain_batch, args.pretrain_lr)
+    pre = larger_pretraining(shape, args.pretrain_steps, args.pretrain_batch, args.pretrain_lr)
     started = time.perf_counter()
     model_dir = pretrain(
         pre,

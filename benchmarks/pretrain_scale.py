@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from grpo_gpu import larger_pretraining
-from side_by_side import LARGER, add_shape_flags, prepare_process
+from side_by_side import LARGER, parse_with_shape, prepare_process
 from transformers import PreTrainedTokenizerBase
 
 from onthejob import evals
@@ -60,21 +60,20 @@ def evaluate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1... (cpu: a smoke run)")
-    add_shape_flags(parser, LARGER)
     parser.add_argument("--steps", type=int, default=900, help="pretraining steps")
     parser.add_argument("--batch", type=int, default=128, help="examples per step")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     parser.add_argument("--eval-every", type=int, default=300, help="steps between evaluations")
     parser.add_argument("--n", type=int, default=100, help="held-out items per skill")
     parser.add_argument("--out", help="directory for scale.json (default: tmp)")
-    args = parser.parse_args()
+    args, shape = parse_with_shape(parser, LARGER)
     prepare_process(0)
     check_device(args.device)
     out = Path(args.out or tempfile.mkdtemp(prefix="pretrain-scale-"))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pretrain-scale-work-"))
 
-    config = larger_pretraining(args, args.steps, args.batch, args.lr)
+    config = larger_pretraining(shape, args.steps, args.batch, args.lr)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
 

@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 import torch
-from side_by_side import add_shape_flags, shape_from_flags
+from side_by_side import parse_with_shape
 
 from onthejob.models import (
     TinyConfig,
@@ -117,8 +117,7 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16"), help="weights of both"
     )
-    add_shape_flags(parser, TinyConfig())
-    args = parser.parse_args()
+    args, shape = parse_with_shape(parser, TinyConfig())
     if args.threads:
         torch.set_num_threads(args.threads)
     device = check_device(args.device)
@@ -131,7 +130,7 @@ def main() -> None:
         # The default model's shape (unless the flags say otherwise) and vocabulary size
         # (the ratio depends on the vocabulary: HF's per-step sampling cost grows with it).
         tokenizer = train_tokenizer(synthetic_texts(20000), vocab_size=args.vocab_size)
-        model = build_model(shape_from_flags(args), tokenizer).eval()
+        model = build_model(shape, tokenizer).eval()
     model.to(device=device, dtype=dtype)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores / 2:

@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
+from onthejob.cli import add_shape_flags, shape_from_flags
 from onthejob.models import TinyConfig, build_model, save_model, train_tokenizer
+from onthejob.train import ConfigError
 from onthejob.train.pretrain import PretrainConfig, default_model_dir, onthejob_home
 
 
@@ -70,24 +72,22 @@ LARGER = TinyConfig(
 """The GPU benchmarks' larger shape: 207.1M parameters with the default tokenizer."""
 
 
-def add_shape_flags(parser: argparse.ArgumentParser, default: TinyConfig) -> None:
-    """--hidden, --layers, --heads, --kv-heads, --ffn of a fresh model, defaulting to `default`."""
-    parser.add_argument("--hidden", type=int, default=default.hidden_size, help="model width")
-    parser.add_argument("--layers", type=int, default=default.num_layers, help="blocks")
-    parser.add_argument("--heads", type=int, default=default.num_heads, help="attention heads")
-    parser.add_argument("--kv-heads", type=int, default=default.num_kv_heads, help="KV heads")
-    parser.add_argument("--ffn", type=int, default=default.intermediate_size, help="SwiGLU width")
-
-
-def shape_from_flags(args: argparse.Namespace) -> TinyConfig:
-    """The shape `add_shape_flags`' flags give."""
-    return TinyConfig(
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.kv_heads,
-        intermediate_size=args.ffn,
+def parse_with_shape(
+    parser: argparse.ArgumentParser, base: TinyConfig
+) -> tuple[argparse.Namespace, TinyConfig]:
+    """The parsed flags and the model shape the shape flags make of `base`
+    (`onthejob.cli.add_shape_flags`, added here); a shape that cannot be built is a usage
+    error naming the flag."""
+    add_shape_flags(
+        parser,
+        f"{base.num_layers} blocks of width {base.hidden_size}, {base.num_heads} heads,"
+        f" ffn {base.intermediate_size}",
     )
+    args = parser.parse_args()
+    try:
+        return args, shape_from_flags(args, base)
+    except ConfigError as e:
+        parser.error(str(e))
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # the commands import their modules when they run (a fast start)
+    from onthejob.models import TinyConfig
     from onthejob.sleep import SleepConfig
     from onthejob.train import ConfigError
 
@@ -38,8 +39,34 @@ SHAPE_FLAGS = {
     "num_kv_heads": "kv-heads",
     "intermediate_size": "ffn",
 }
-"""`onthejob pretrain`'s model-shape flags, by the `TinyConfig` field each sets (the names
-of the benchmarks' shape flags, `benchmarks/side_by_side.py`)."""
+"""The model-shape flags (`add_shape_flags`), by the `TinyConfig` field each sets."""
+
+
+def add_shape_flags(parser: argparse.ArgumentParser, base: str = "TinyConfig's") -> None:
+    """--layers, --hidden, --heads, --kv-heads, --ffn: a model shape as changes to a base
+    shape, named in the help (`shape_from_flags`); `onthejob pretrain` and the benchmarks."""
+    parser.add_argument("--layers", type=_count, help=f"transformer blocks (default: {base})")
+    parser.add_argument("--hidden", type=_count, help="width of the residual stream")
+    parser.add_argument("--heads", type=_count, help="attention heads")
+    parser.add_argument(
+        "--kv-heads", type=_count, help="key/value heads (default: as many as --heads)"
+    )
+    parser.add_argument("--ffn", type=_count, help="width of the SwiGLU MLP")
+
+
+def shape_from_flags(args: argparse.Namespace, base: TinyConfig) -> TinyConfig:
+    """`base` with the fields the shape flags give (--kv-heads follows --heads when only
+    --heads is given). A shape that cannot be built raises a `ConfigError` whose field is
+    the flag ("--heads"), so a command can print it as one line."""
+    from onthejob.train import ConfigError
+
+    shape = {field: getattr(args, flag.replace("-", "_")) for field, flag in SHAPE_FLAGS.items()}
+    if shape["num_kv_heads"] is None:
+        shape["num_kv_heads"] = shape["num_heads"]
+    try:
+        return replace(base, **{field: v for field, v in shape.items() if v is not None})
+    except ConfigError as e:
+        raise ConfigError(f"--{SHAPE_FLAGS[e.field]}", e.problem) from None
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -68,14 +95,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             tokenizer_sample=300,
             vocab_size=512,
         )
-    shape = {field: getattr(args, flag.replace("-", "_")) for field, flag in SHAPE_FLAGS.items()}
-    if shape["num_kv_heads"] is None:
-        shape["num_kv_heads"] = args.heads  # as many key/value heads as heads
-    given = {field: value for field, value in shape.items() if value is not None}
     try:
-        config = replace(config, model=replace(config.model, **given), seed=args.seed)
+        config = replace(config, model=shape_from_flags(args, config.model), seed=args.seed)
     except ConfigError as e:
-        print(f"onthejob pretrain: --{SHAPE_FLAGS[e.field]} {e.problem}", file=sys.stderr)
+        print(f"onthejob pretrain: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else default_model_dir(config)
     if out.exists() and not args.force:
@@ -908,11 +931,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1...")
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (on a GPU)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of data, initialisation, sampling")
-    p.add_argument("--layers", type=_count, help="transformer blocks (default: TinyConfig's)")
-    p.add_argument("--hidden", type=_count, help="width of the residual stream")
-    p.add_argument("--heads", type=_count, help="attention heads")
-    p.add_argument("--kv-heads", type=_count, help="key/value heads (default: as many as --heads)")
-    p.add_argument("--ffn", type=_count, help="width of the SwiGLU MLP")
+    add_shape_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from onthejob import knowledge
-from onthejob.cli import _add_sleep_flags, main
+from onthejob.cli import _add_sleep_flags, add_shape_flags, main, shape_from_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,6 +188,22 @@ def test_pretrain_shape_flags_set_the_model_and_a_bad_shape_is_one_line(
     assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 1)
     assert config["intermediate_size"] == 48
     assert json.loads((out / "pretrain_config.json").read_text())["seed"] == 3
+
+
+def test_shape_flags_change_only_the_fields_given_over_any_base_shape():
+    """The benchmarks parse the same flags over their larger shape."""
+    from onthejob.models import TinyConfig
+    from onthejob.train import ConfigError
+
+    parser = argparse.ArgumentParser()
+    add_shape_flags(parser)
+    base = TinyConfig(hidden_size=256, num_layers=8, num_heads=8, num_kv_heads=2)
+    assert shape_from_flags(parser.parse_args([]), base) == base
+    shaped = shape_from_flags(parser.parse_args(["--layers", "2", "--heads", "4"]), base)
+    assert (shaped.num_layers, shaped.num_heads, shaped.num_kv_heads) == (2, 4, 4)
+    assert (shaped.hidden_size, shaped.intermediate_size) == (256, base.intermediate_size)
+    with pytest.raises(ConfigError, match="^--kv-heads must be > 0 and a divisor"):
+        shape_from_flags(parser.parse_args(["--kv-heads", "3"]), base)
 
 
 def test_sleep_flag_choices_are_the_packages_own():

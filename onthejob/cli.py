@@ -563,6 +563,8 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
         train["token_budget"] = args.tokens
     if args.lr is not None:
         train["lr"] = args.lr
+    if args.update_share is not None:
+        train["update_share"] = args.update_share
     return SleepConfig(
         method=args.method,
         plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
@@ -775,6 +777,11 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--tokens", type=int, help="token budget: stop once this many are trained on")
     p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument(
+        "--update-share",
+        type=float,
+        help="share of the trained change the candidate keeps (1: all; WiSE-FT interpolation)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of probes, sampling and adapter")
     p.add_argument(
         "--guard-envs", default="arith,program,shop", help="grindable envs of the guard suite"

@@ -18,10 +18,12 @@ from onthejob.models import (
     count_parameters,
     encode_text,
     gather_logprobs,
+    keep_share,
     load_model,
     render_chat,
     save_model,
     token_logprobs,
+    trainable_state,
 )
 from onthejob.models.hf import TinyConfig
 from onthejob.models.tokenizer import END
@@ -168,6 +170,82 @@ def test_lora_switches_on_and_off_on_one_model(tokenizer):
     assert not torch.allclose(on, before, atol=1e-3)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def _adapter_deltas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """B @ A of every LoRA module, by the A factor's name."""
+    params = dict(model.named_parameters())
+    return {
+        name: (params[name.replace(".lora_A.", ".lora_B.")] @ a).detach()
+        for name, a in params.items()
+        if ".lora_A." in name
+    }
+
+
+def test_keep_share_interpolates_plain_weights_by_hand():
+    layer = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    before = trainable_state(layer)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[5.0, 2.0], [-1.0, 8.0]]))
+    assert keep_share(layer, before, 0.25) == 0.0
+    # 1 + 0.25 * (5 - 1) = 2; 3 + 0.25 * (-1 - 3) = 2; 4 + 0.25 * (8 - 4) = 5
+    assert layer.weight.tolist() == [[2.0, 2.0], [2.0, 5.0]]
+    with pytest.raises(ValueError, match="share must be in"):
+        keep_share(layer, before, 1.5)
+
+
+def test_keep_share_of_a_fresh_adapter_scales_its_update_exactly(tokenizer):
+    model = add_lora(build_model(TINY, tokenizer, seed=1), LoraSettings(rank=4, alpha=8))
+    before = trainable_state(model)  # B is zero: the adapter starts as no update
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    trained = _adapter_deltas(model)
+    a_trained = {n: p.clone() for n, p in model.named_parameters() if ".lora_A." in n}
+    assert keep_share(model, before, 0.75) == 0.0
+    for name, delta in _adapter_deltas(model).items():
+        assert torch.allclose(delta, 0.75 * trained[name], atol=1e-6)
+        assert torch.equal(dict(model.named_parameters())[name], a_trained[name])
+
+
+def test_keep_share_of_an_adapter_trained_further_blends_the_updates(tokenizer):
+    model = add_lora(build_model(TINY, tokenizer, seed=1), LoraSettings(rank=2, alpha=4))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    start = _adapter_deltas(model)
+    before = trainable_state(model)
+    with torch.no_grad():  # training doubles every B: the blend keeps the adapter's rank
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.mul_(2)
+    assert keep_share(model, before, 0.25) < 1e-5
+    for name, delta in _adapter_deltas(model).items():  # 0.75 * 1 + 0.25 * 2 = 1.25
+        assert torch.allclose(delta, 1.25 * start[name], atol=1e-5)
+
+    before = trainable_state(model)
+    with torch.no_grad():  # a change in new directions: the blend has rank 4, cut to 2
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    after, blend = _adapter_deltas(model), {}
+    for name, a0 in before.items():
+        if ".lora_A." in name:
+            b0 = before[name.replace(".lora_A.", ".lora_B.")]
+            blend[name] = 0.5 * (b0 @ a0) + 0.5 * after[name]
+    error = keep_share(model, before, 0.5)
+    cut, total = 0.0, 0.0
+    for name, delta in _adapter_deltas(model).items():
+        u, s, vh = torch.linalg.svd(blend[name].detach())
+        best = (u[:, :2] * s[:2]) @ vh[:2]  # the closest rank-2 matrix (Eckart-Young)
+        assert torch.allclose(delta, best, atol=1e-4)
+        cut, total = cut + float((s[2:] ** 2).sum()), total + float((s**2).sum())
+    assert error == pytest.approx((cut / total) ** 0.5, rel=1e-3) and error > 0
 
 
 def test_save_and_load_round_trip(tiny_model, tokenizer, tmp_path):

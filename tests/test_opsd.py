@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -393,6 +394,36 @@ def test_run_logs_saves_and_loads_back(tokenizer, tmp_path):
     loaded = load_adapter(_sharp_model(tokenizer), out)
     ids, _ = probe_prompts(tokenizer, _probes()[0])
     torch.testing.assert_close(_logits(loaded, ids), _logits(result.model, ids))
+
+
+def test_update_share_keeps_that_share_of_the_run_and_saves_it(tokenizer, tmp_path):
+    """The same seeded run twice, keeping all of it and half of it: the fresh adapter's
+    update B @ A of the second is half the first's, and the saved adapter is the kept one."""
+    config = OPSDConfig(
+        steps=3, batch_size=2, samples_per_probe=2, max_new_tokens=6, lr=1e-2, lora_rank=4
+    )
+    whole = distill(_sharp_model(tokenizer), tokenizer, _probes(), config, show_progress=False)
+    out = tmp_path / "adapter"
+    half = distill(
+        _sharp_model(tokenizer),
+        tokenizer,
+        _probes(),
+        replace(config, update_share=0.5),
+        out_dir=out,
+        show_progress=False,
+    )
+    params = [dict(r.model.named_parameters()) for r in (whole, half)]
+    names = [n for n in params[0] if ".lora_A." in n]
+    assert names and half.share_error == 0.0
+    for name in names:
+        b = name.replace(".lora_A.", ".lora_B.")
+        delta = [(p[b] @ p[name]).detach() for p in params]
+        torch.testing.assert_close(delta[1], 0.5 * delta[0])
+    loaded = load_adapter(_sharp_model(tokenizer), out)
+    ids, _ = probe_prompts(tokenizer, _probes()[0])
+    torch.testing.assert_close(_logits(loaded, ids), _logits(half.model, ids))
+    with pytest.raises(ConfigError, match="update_share must be in"):
+        replace(config, update_share=1.5)
 
 
 def test_token_budget_stops_early(tokenizer):

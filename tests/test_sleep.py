@@ -952,6 +952,8 @@ def test_onthejob_sleep_prints_the_table_and_registers(
         "jsd",
         "--beta",
         "0.3",
+        "--update-share",
+        "0.5",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -966,12 +968,16 @@ def test_onthejob_sleep_prints_the_table_and_registers(
         "jsd",
         0.3,
     )
+    assert versions[1].config["opsd"]["update_share"] == 0.5
+    assert versions[1].config["train"]["share_error"] == 0.0  # a fresh adapter: exact
     assert f"{versions[1].id} (parent {versions[0].id}, status {versions[1].status})" in out
 
     assert main([*argv[:-1], "--steps", "0", "--quiet"]) == 2
     assert "onthejob sleep: --steps must be > 0, got 0" in capsys.readouterr().err
     assert main([*argv[:-1], "--beta", "2", "--quiet"]) == 2
     assert "onthejob sleep: --beta must be in [0, 1]" in capsys.readouterr().err
+    assert main([*argv[:-1], "--update-share", "0", "--quiet"]) == 2
+    assert "onthejob sleep: --update-share must be in (0, 1], got 0.0" in capsys.readouterr().err
     assert main(["sleep", "--org", "3", "--store", str(tmp_path / "none.sqlite")]) == 2
     assert "no experience store at" in capsys.readouterr().err
     assert main([*argv[:-1], "--since", "yesterday", "--quiet"]) == 2

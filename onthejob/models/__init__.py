@@ -14,7 +14,14 @@ from onthejob.models.hf import (
     save_model,
 )
 from onthejob.models.logprobs import entropy, gather_logprobs, token_logprobs
-from onthejob.models.lora import LoraSettings, adapter_disabled, add_lora, load_adapter
+from onthejob.models.lora import (
+    LoraSettings,
+    adapter_disabled,
+    add_lora,
+    keep_share,
+    load_adapter,
+    trainable_state,
+)
 from onthejob.models.tokenizer import (
     END,
     PAD,
@@ -45,6 +52,7 @@ __all__ = [
     "end_token_ids",
     "entropy",
     "gather_logprobs",
+    "keep_share",
     "load_adapter",
     "load_model",
     "model_device",
@@ -52,4 +60,5 @@ __all__ = [
     "save_model",
     "token_logprobs",
     "train_tokenizer",
+    "trainable_state",
 ]

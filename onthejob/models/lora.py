@@ -2,7 +2,10 @@
 
 Covers: wrapping a causal LM with a LoRA adapter, switching it off to get the
 base model back without a second copy of the weights (OPSD's fixed teacher),
-and saving/loading adapters in the PEFT directory format.
+saving/loading adapters in the PEFT directory format, and `keep_share`: keeping a
+share of what training changed (weight-space interpolation between the weights before
+and after, as in WiSE-FT, Wortsman et al. 2022), exactly for full weights and fresh
+adapters, and at the adapter's rank for an adapter trained further.
 
 Not covered: merging adapters into the base for export (peft's
 `merge_and_unload` does that as it comes).
@@ -84,3 +87,61 @@ def load_adapter(
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ValueError(f"not an adapter directory (no adapter_config.json): {adapter_dir}")
     return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the trainable parameters, by name: the "before" of `keep_share`."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def keep_share(model: torch.nn.Module, before: dict[str, torch.Tensor], share: float) -> float:
+    """Move the trained parameters in place so the model computes `before` plus `share` of
+    the change: W0 + share * (W1 - W0) for every weight `before` holds, LoRA updates
+    included (the update is B @ A, so its factors are not interpolated one by one).
+
+    - A plain weight: interpolated as it stands.
+    - A fresh adapter (B was zero before): B becomes share * B, exact.
+    - An adapter trained further (B0 @ A0 -> B1 @ A1): the target (1 - share) B0 A0 +
+      share B1 A1 has rank up to twice the adapter's; it is cut back to the adapter's rank
+      by a truncated SVD of the factors (QR of each, SVD of the small core).
+
+    Returns the relative Frobenius error of those cuts over all adapters (0.0: exact)."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    params = dict(model.named_parameters())
+    cut, total = 0.0, 0.0
+    with torch.no_grad():
+        for name, old in before.items():
+            if ".lora_A." in name or ".lora_B." in name:
+                continue
+            params[name].lerp_(old.to(params[name]), 1 - share)
+        for name_a in [n for n in before if ".lora_A." in n]:
+            name_b = name_a.replace(".lora_A.", ".lora_B.")
+            a1, b1 = params[name_a], params[name_b]
+            a0, b0 = before[name_a].to(a1), before[name_b].to(b1)
+            if not b0.any():
+                b1.mul_(share)
+                continue
+            b_new, a_new, lost, kept = _low_rank_blend(b0, a0, b1, a1, share)
+            b1.copy_(b_new)
+            a1.copy_(a_new)
+            cut, total = cut + lost, total + kept + lost
+    return (cut / total) ** 0.5 if total > 0 else 0.0
+
+
+def _low_rank_blend(
+    b0: torch.Tensor, a0: torch.Tensor, b1: torch.Tensor, a1: torch.Tensor, share: float
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(B, A) of the adapter's rank closest to (1 - share) B0 A0 + share B1 A1 in Frobenius
+    norm, the squared norm cut off, and the squared norm kept."""
+    rank = a1.shape[0]
+    b = torch.cat([(1 - share) * b0, share * b1], dim=1).float()  # out x 2r
+    a = torch.cat([a0, a1], dim=0).float()  # 2r x in
+    q_b, r_b = torch.linalg.qr(b)
+    q_a, r_a = torch.linalg.qr(a.T)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T)
+    root = s[:rank].sqrt()
+    b_new = (q_b @ u[:, :rank]) * root
+    a_new = (root[:, None] * vh[:rank]) @ q_a.T
+    lost, kept = float((s[rank:] ** 2).sum()), float((s[:rank] ** 2).sum())
+    return b_new.to(b1.dtype), a_new.to(a1.dtype), lost, kept

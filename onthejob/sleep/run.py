@@ -377,7 +377,7 @@ def _train(
         )
     probes = [probe_of(q) for q in plan.probes] + replay
     if config.method == "opsd":
-        result = distill(
+        update = distill(
             model,
             tokenizer,
             probes,
@@ -387,7 +387,6 @@ def _train(
             show_progress=show_progress,
         )
         lora = config.opsd.lora or parent.adapter is not None
-        trained, steps, tokens, seconds = result.model, result.steps, result.tokens, result.seconds
     else:
         if config.method == "sft_transcript":
             examples = transcript_examples(
@@ -399,7 +398,7 @@ def _train(
             )
         if not examples:
             raise SleepError(f"{config.method}: the selected sessions give no example to train on")
-        sft_result = sft(
+        update = sft(
             model,
             tokenizer,
             examples,
@@ -409,9 +408,14 @@ def _train(
             show_progress=show_progress,
         )
         lora = config.sft.lora or parent.adapter is not None
-        trained, steps = sft_result.model, sft_result.steps
-        tokens, seconds = sft_result.tokens, sft_result.seconds
-    train = {"steps": steps, "tokens": tokens, "seconds": round(seconds, 1), "replay": len(replay)}
+    trained = update.model
+    train = {
+        "steps": update.steps,
+        "tokens": update.tokens,
+        "seconds": round(update.seconds, 1),
+        "replay": len(replay),
+        "share_error": round(update.share_error, 6),
+    }
     if lora:
         return trained, parent.base, str(out_dir), train
     return trained, str(out_dir), None, train

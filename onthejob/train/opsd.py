@@ -76,7 +76,15 @@ from peft import PeftModel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PreTrainedTokenizerBase
 
-from onthejob.models import LoraSettings, adapter_disabled, add_lora, model_device, save_model
+from onthejob.models import (
+    LoraSettings,
+    adapter_disabled,
+    add_lora,
+    keep_share,
+    model_device,
+    save_model,
+    trainable_state,
+)
 from onthejob.models.fast import base_causal_lm
 from onthejob.models.logprobs import gather_logprobs
 from onthejob.models.tokenizer import chat_prompt_ids
@@ -561,6 +569,7 @@ def distill(
     torch.manual_seed(config.seed)
     lora = config.lora_settings()
     student, fresh = prepare_student(model, lora)
+    before = trainable_state(student) if config.update_share < 1 else {}
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = adamw(params, config.lr, config.weight_decay, betas=(0.9, 0.99))
     teacher = Teacher(student, params, config.teacher, config.ema_decay, fresh)
@@ -598,12 +607,15 @@ def distill(
             progress.update(bar, completed=step, divergence=record["divergence"])
     seconds = time.perf_counter() - started
     student.eval()
+    share_error = keep_share(student, before, config.update_share) if before else 0.0
     if out_dir is not None:
         save_model(student, tokenizer, out_dir)  # type: ignore[arg-type]  # a PeftModel or a HF model
         (out_dir / "opsd_config.json").write_text(
             json.dumps({**asdict(config), "probes": len(probes), "steps_taken": step}, indent=2)
         )
-    return UpdateResult(student, step, tokens, seconds, record, history, out_dir, run_dir)
+    return UpdateResult(
+        student, step, tokens, seconds, record, history, out_dir, run_dir, share_error
+    )
 
 
 def opsd_step(run: _Run, step: int) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import PreTrainedTokenizerBase
 
 from onthejob.curriculum import Example
-from onthejob.models import model_device, save_model
+from onthejob.models import keep_share, model_device, save_model, trainable_state
 from onthejob.models.fast import base_causal_lm
 from onthejob.prompts import ANSWER_TOKENS
 from onthejob.sampling import SamplingConfig, sample
@@ -212,6 +212,7 @@ def sft(
     torch.manual_seed(config.seed)
     lora = config.lora_settings()
     student, _ = prepare_student(model, lora)
+    before = trainable_state(student) if config.update_share < 1 else {}
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = adamw(params, config.lr, config.weight_decay, betas=(0.9, 0.99))
 
@@ -248,12 +249,15 @@ def sft(
             progress.update(bar, completed=step, loss=record["loss"])
     seconds = time.perf_counter() - started
     student.eval()
+    share_error = keep_share(student, before, config.update_share) if before else 0.0
     if out_dir is not None:
         save_model(student, tokenizer, out_dir)  # type: ignore[arg-type]  # a PeftModel or a HF model
         (out_dir / "sft_config.json").write_text(
             json.dumps({**asdict(config), "examples": len(examples), "steps_taken": step}, indent=2)
         )
-    return UpdateResult(student, step, tokens, seconds, record, history, out_dir, run_dir)
+    return UpdateResult(
+        student, step, tokens, seconds, record, history, out_dir, run_dir, share_error
+    )
 
 
 def sft_step(

@@ -47,6 +47,11 @@ class UpdateConfig:
     orgs 27-28 rank 4 still lost 2-4 points (docs/results.md)."""
     lora_alpha: float = 8.0
     """LoRA scale numerator (the update is multiplied by alpha / rank: 2, as at rank 16)."""
+    update_share: float = 1.0
+    """Share of the trained change the result keeps: the saved weights are before +
+    update_share x (after - before), WiSE-FT's weight-space interpolation
+    (`models.keep_share`; exact for full weights and a fresh adapter, at the adapter's
+    rank for one trained further). 1: the weights as trained."""
     grad_clip: float = 1.0
     """Global gradient-norm clip."""
     micro_batch_size: int = 16
@@ -69,6 +74,7 @@ class UpdateConfig:
             "weight_decay": (self.weight_decay < 0, ">= 0"),
             "lora_rank": (self.lora_rank < 1, "> 0"),
             "lora_alpha": (not self.lora_alpha > 0, "> 0"),
+            "update_share": (not 0 < self.update_share <= 1, "in (0, 1]"),
             "grad_clip": (not self.grad_clip > 0, "> 0"),
             "micro_batch_size": (self.micro_batch_size < 1, "> 0"),
             "token_budget": (
@@ -112,3 +118,6 @@ class UpdateResult:
     """Where the adapter (or the full model) was saved."""
     run_dir: Path | None = None
     """metrics.jsonl and checkpoint/."""
+    share_error: float = 0.0
+    """Relative error of keeping `update_share` of an adapter trained further at its rank
+    (`models.keep_share`); 0.0 when exact."""

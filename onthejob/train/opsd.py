@@ -56,7 +56,11 @@ Further departures: divergences compare the models' own distributions (temperatu
 whatever the sampling temperature, so the sampled-token form is an unbiased reverse-KL
 gradient only when sampling at temperature 1 (the default). The loss is the mean over
 every sampled token of the step (long answers weigh more, as DAPO's token-level mean).
-One optimizer step per batch of samples; constant learning rate.
+One optimizer step per batch of samples; constant learning rate. With `update_share` < 1
+the saved student keeps only that share of what training changed (WiSE-FT's weight-space
+interpolation toward the starting weights, Wortsman et al. 2022; `models.keep_share`),
+which none of the three papers does: at held-out orgs the sleep's LoRA update cost the
+grindable skills 2-3 points however little it taught (docs/results.md, session 18).
 """
 
 from __future__ import annotations

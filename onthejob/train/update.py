@@ -51,7 +51,10 @@ class UpdateConfig:
     """Share of the trained change the result keeps: the saved weights are before +
     update_share x (after - before), WiSE-FT's weight-space interpolation
     (`models.keep_share`; exact for full weights and a fresh adapter, at the adapter's
-    rank for one trained further). 1: the weights as trained."""
+    rank for one trained further). 1: the weights as trained. Below 1 a copy of the
+    trainable weights is kept through the run (all of them under full fine-tuning).
+    Not the sleep's default: at held-out orgs 64-67, 0.75 cost 7 points of recall for a
+    point of arithmetic, and the shop lost as much (docs/results.md, session 18)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip."""
     micro_batch_size: int = 16

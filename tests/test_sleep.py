@@ -730,17 +730,20 @@ def test_every_method_registers_a_judged_candidate_under_the_tenant(
     assert plan["sessions"] == [filled.up, filled.order]
 
 
-@pytest.mark.parametrize("method", ["opsd", "sft_teacher"])
+@pytest.mark.parametrize(("method", "share"), [("opsd", 1.0), ("sft_teacher", 1.0), ("opsd", 0.5)])
 def test_a_parent_adapter_is_trained_further(
-    tmp_path: Path, filled: Filled, model_dir: Path, method: str
+    tmp_path: Path, filled: Filled, model_dir: Path, method: str, share: float
 ) -> None:
     registry = Registry(tmp_path / "registry.sqlite")
     policy = SelectionPolicy(tenant=ORG_A.tenant, until=filled.split_at)
+    config = quick(method, opsd=replace(QUICK_OPSD, update_share=share))
     with Store(filled.store) as store:
         first = sleep(store, registry, policy, quick("opsd"), tmp_path / "1", model_dir, False)
         if first.version.status != "promoted":  # an operator overrides the gate
             registry.promote(first.version.id, reason="test: continue from the adapter")
-        second = sleep(store, registry, policy, quick(method), tmp_path / "2", show_progress=False)
+        second = sleep(store, registry, policy, config, tmp_path / "2", show_progress=False)
+    # keeping half of a further-trained adapter blends two updates back to its rank
+    assert (second.train["share_error"] > 0) == (share < 1) and second.train["share_error"] < 1
     assert second.parent.id == first.version.id and second.parent.adapter is not None
     assert second.version.base == first.version.base  # one base, one adapter per lineage
     assert second.version.adapter == str(tmp_path / "2" / "candidate")

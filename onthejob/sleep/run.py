@@ -414,7 +414,7 @@ def _train(
         "tokens": update.tokens,
         "seconds": round(update.seconds, 1),
         "replay": len(replay),
-        "share_error": round(update.share_error, 6),
+        "share_error": update.share_error,
     }
     if lora:
         return trained, parent.base, str(out_dir), train

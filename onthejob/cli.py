@@ -565,6 +565,7 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
         train["lr"] = args.lr
     if args.update_share is not None:
         train["update_share"] = args.update_share
+    guard_envs = tuple(e.strip() for e in args.guard_envs.split(",") if e.strip())
     return SleepConfig(
         method=args.method,
         plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
@@ -577,10 +578,10 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
         ),
         sft=replace(base.sft, **train),
         gate=replace(base.gate, tolerance=args.tolerance),
-        guard_envs=tuple(e.strip() for e in args.guard_envs.split(",") if e.strip()),
+        guard_envs=guard_envs,
         guard_n=args.guard_n,
         guard_samples=args.guard_samples,
-        replay=base.replay if args.replay is None else args.replay,
+        replay=_replay_of(args.replay, guard_envs),
         promote=not args.no_promote,
         device=args.device,
     )
@@ -807,9 +808,11 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, help="jsd's teacher weight: 0 forward KL, 1 reverse KL")
     p.add_argument(
         "--replay",
-        type=int,
+        type=_replay,
         default=None,
-        help="replay probes (guard envs' training tasks, no context) mixed into opsd/sft_teacher",
+        help="replay probes (training tasks, no context) mixed into opsd/sft_teacher: by env"
+        ' ("arith=16,shop=64"), a number spread evenly over the guard envs, or "none"'
+        ' (default "arith=16,program=16,shop=16")',
     )
     p.add_argument(
         "--tolerance", type=float, default=0.02, help="most a guard score may fall (0.02: 2 points)"
@@ -1151,6 +1154,25 @@ def _env_counts(text: str) -> dict[str, int]:
             )
         counts[env.strip()] = int(count)
     return counts
+
+
+def _replay(text: str) -> int | dict[str, int]:
+    """ "48" -> 48 (spread over the guard envs later); "arith=16,shop=64" -> by env;
+    "none" -> {}."""
+    if text.strip() == "none":
+        return {}
+    if text.strip().isdigit():
+        return int(text)
+    return _env_counts(text)
+
+
+def _replay_of(
+    value: int | dict[str, int] | None, guard_envs: tuple[str, ...]
+) -> dict[str, int] | None:
+    """The SleepConfig.replay of a `--replay` value: a number is spread over the guard envs."""
+    from onthejob.sleep.plan import spread
+
+    return spread(guard_envs, value) if isinstance(value, int) else value
 
 
 def _seed(text: str) -> int:

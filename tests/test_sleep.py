@@ -51,8 +51,8 @@ from onthejob.sleep import (
 )
 from onthejob.sleep import run as sleep_run
 from onthejob.sleep.gate import lineage_guard, no_context_recall
-from onthejob.sleep.plan import SleepQuestion, replay_probes
-from onthejob.sleep.run import load_version
+from onthejob.sleep.plan import SleepQuestion, replay_probes, spread
+from onthejob.sleep.run import REPLAY, load_version
 from onthejob.store import NewTurn, Store
 from onthejob.train.opsd import OPSDConfig, probe_prompts, teacher_messages
 from onthejob.train.sft import SFTConfig, SFTExample, sft
@@ -600,7 +600,7 @@ def test_lineage_guard_is_the_first_sleeps_measurement_of_the_same_suite(
 
 
 def test_replay_probes_are_training_chats_the_teacher_sees_unchanged(tokenizer) -> None:
-    probes = replay_probes(("arith", "shop"), 5, difficulty=1, seed=0)
+    probes = replay_probes(spread(("arith", "shop"), 5), difficulty=1, seed=0)
     assert len(probes) == 5 and all(p.context is None for p in probes)
     systems = [p.messages[0]["content"] for p in probes]
     assert systems == [env_system("arith")] * 3 + [env_system("shop")] * 2
@@ -611,13 +611,46 @@ def test_replay_probes_are_training_chats_the_teacher_sees_unchanged(tokenizer) 
         assert student == teacher
     held_out = {t.prompt for t in available_tasks("arith", "test", 100, 0, 1)}
     assert not held_out & {p.messages[1]["content"] for p in probes[:3]}
-    assert replay_probes(("arith",), 0, 1, 0) == []
+    assert replay_probes({"arith": 0}, 1, 0) == replay_probes({}, 1, 0) == []
+
+
+def test_replay_is_counted_by_env_and_a_number_spreads_evenly() -> None:
+    assert spread(("arith", "program", "shop"), 50) == {"arith": 17, "program": 17, "shop": 16}
+    assert spread(("arith", "shop"), 1) == {"arith": 1, "shop": 0}
+    probes = replay_probes({"shop": 3, "arith": 1}, difficulty=1, seed=0)
+    systems = [p.messages[0]["content"] for p in probes]
+    assert systems == [env_system("shop")] * 3 + [env_system("arith")]  # the mapping's order
+    # by default the guard envs' share of REPLAY; an env outside the guard is not replayed
+    assert SleepConfig().replay_counts() == REPLAY
+    assert SleepConfig(guard_envs=("arith",)).replay_counts() == {"arith": REPLAY["arith"]}
+    assert SleepConfig(replay={"shop": 64}).replay_counts() == {"shop": 64}
+    for bad in ({"chess": 4}, {"shop": -1}):
+        with pytest.raises(SleepError, match="env=count for envs among arith"):
+            SleepConfig(replay=bad)
+
+
+@pytest.mark.parametrize(
+    ("flag", "replay"),
+    [
+        ("5", {"arith": 3, "shop": 2}),  # a number spreads over the guard envs
+        ("shop=64,arith=1", {"shop": 64, "arith": 1}),
+        ("none", {}),
+        (None, None),  # the default: REPLAY's guard envs
+    ],
+)
+def test_the_replay_flag_takes_counts_by_env_or_a_number(flag: str | None, replay) -> None:
+    from onthejob.cli import _sleep_config, build_parser
+
+    argv = ["sleep", "--org", "3", "--guard-envs", "arith,shop"] + (
+        ["--replay", flag] if flag else []
+    )
+    assert _sleep_config(build_parser().parse_args(argv)).replay == replay
 
 
 def test_replay_probes_cut_a_multi_turn_episode_before_any_expert_reply() -> None:
     """Shop probes are an episode's opening or the opening, then expert replies and the
     shop's pages, ending on a page: the student's next reply is what it practises."""
-    probes = replay_probes(("shop",), 12, difficulty=1, seed=3)
+    probes = replay_probes({"shop": 12}, difficulty=1, seed=3)
     lengths = {len(p.messages) for p in probes}
     assert 2 in lengths and max(lengths) > 2  # openings and later turns both occur
     for probe in probes:
@@ -625,7 +658,7 @@ def test_replay_probes_cut_a_multi_turn_episode_before_any_expert_reply() -> Non
         assert [m["role"] for m in probe.messages[2:]] == ["assistant", "tool"] * (
             (len(probe.messages) - 2) // 2
         )
-    assert replay_probes(("shop",), 12, 1, 3) == probes  # a function of the seed
+    assert replay_probes({"shop": 12}, 1, 3) == probes  # a function of the seed
 
 
 # -- end to end: training, registry, tenants, the command --------------------------------
@@ -643,7 +676,7 @@ def quick(method: str, **changes: object) -> SleepConfig:
         guard_envs=("arith",),
         guard_n=2,
         guard_samples={"arith": 3},
-        replay=2,
+        replay={"arith": 2},
     )
     return replace(config, **changes)  # type: ignore[arg-type]
 
@@ -957,6 +990,8 @@ def test_onthejob_sleep_prints_the_table_and_registers(
         "0.3",
         "--update-share",
         "0.5",
+        "--replay",
+        "arith=3",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -973,6 +1008,7 @@ def test_onthejob_sleep_prints_the_table_and_registers(
     )
     assert versions[1].config["opsd"]["update_share"] == 0.5
     assert versions[1].config["train"]["share_error"] == 0.0  # a fresh adapter: exact
+    assert versions[1].config["train"]["replay"] == 3
     assert f"{versions[1].id} (parent {versions[0].id}, status {versions[1].status})" in out
 
     assert main([*argv[:-1], "--steps", "0", "--quiet"]) == 2
@@ -981,6 +1017,8 @@ def test_onthejob_sleep_prints_the_table_and_registers(
     assert "onthejob sleep: --beta must be in [0, 1]" in capsys.readouterr().err
     assert main([*argv[:-1], "--update-share", "0", "--quiet"]) == 2
     assert "onthejob sleep: --update-share must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert main([*argv[:-1], "--replay", "chess=2", "--quiet"]) == 2
+    assert "replay: {'chess': 2} names an unknown env" in capsys.readouterr().err
     assert main(["sleep", "--org", "3", "--store", str(tmp_path / "none.sqlite")]) == 2
     assert "no experience store at" in capsys.readouterr().err
     assert main([*argv[:-1], "--since", "yesterday", "--quiet"]) == 2

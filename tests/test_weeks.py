@@ -31,7 +31,7 @@ QUICK_SLEEP = SleepConfig(
     opsd=OPSDConfig(steps=2, batch_size=4, samples_per_probe=2, max_new_tokens=8),
     guard_envs=("arith",),
     guard_n=2,
-    replay=2,
+    replay={"arith": 2},
 )
 
 

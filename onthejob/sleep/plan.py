@@ -17,7 +17,7 @@ sessions (`prompts.KNOWLEDGE_SYSTEM`, then the question) and whose teacher conte
   the item, so a thumbs-down session whose critique names the right answer still teaches
   where nothing else does.
 
-Also `replay_probes`: the grindable envs' training tasks with no context, cut before one
+Also `replay_probes`: a number of each grindable env's training tasks with no context, cut before one
 of the expert's replies (the opening, or a later turn of a multi-turn episode), so the
 teacher sees exactly what the student sees; mixed into a sleep's probes they anchor the
 skills the guard suite measures (its tasks are the envs' held-out split, never these).
@@ -43,7 +43,7 @@ Design decisions:
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from onthejob import knowledge
@@ -276,20 +276,25 @@ def plan_sleep(experience: Experience, config: PlanConfig | None = None) -> Plan
     )
 
 
-def replay_probes(envs: Sequence[str], n: int, difficulty: int, seed: int) -> list[Probe]:
-    """n probes, spread over the envs, each a training task's chat with no context, cut
-    before one of the expert's replies: the opening (the env's system turn and first
-    observation, as an episode starts) or, in a multi-turn episode, a later turn drawn at
-    random, so a shop's checkout is anchored as well as its first search."""
+def spread(envs: Sequence[str], n: int) -> dict[str, int]:
+    """n probes spread over envs as evenly as they go, the first envs taking the remainder:
+    ("arith", "program", "shop"), 50 -> {"arith": 17, "program": 17, "shop": 16}."""
+    return {env: n // len(envs) + (i < n % len(envs)) for i, env in enumerate(envs)}
+
+
+def replay_probes(counts: Mapping[str, int], difficulty: int, seed: int) -> list[Probe]:
+    """counts[env] probes of each env, in the mapping's order, each a training task's chat
+    with no context, cut before one of the expert's replies: the opening (the env's system
+    turn and first observation, as an episode starts) or, in a multi-turn episode, a later
+    turn drawn at random, so a shop's checkout is anchored as well as its first search."""
     from onthejob.curriculum import available_tasks, expert_episode
 
     rng = random.Random(seed)
     probes: list[Probe] = []
-    for i, env_name in enumerate(envs):
-        share = n // len(envs) + (i < n % len(envs))
-        if share == 0:
+    for env_name, count in counts.items():
+        if count == 0:
             continue
-        for task in available_tasks(env_name, "train", share, seed, difficulty):
+        for task in available_tasks(env_name, "train", count, seed, difficulty):
             messages = expert_episode(env_name, task, rng).messages
             replies = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
             cut = rng.choice(replies)

@@ -83,6 +83,8 @@ at level 1. At 48 (`prompts.ANSWER_TOKENS`) the cut solutions cost a sleep at or
 points of arith where 144 cost 3.5, and it recalled 0.477 where 144 recalled 0.523."""
 GUARD_SAMPLES = {"arith": 64, "shop": 8}
 """Sampled plays per task of the guard envs that are not played greedily, by default."""
+REPLAY = {"arith": 16, "program": 16, "shop": 16}
+"""Replay probes by guard env in a sleep that trains on probes, by default."""
 
 
 @dataclass(frozen=True)
@@ -130,14 +132,15 @@ class SleepConfig:
     of the session-15 ground model lost 3-8 points greedily (paired standard error 2.4-4.6)
     and -2.6 to +1.6 with 8 samples per task (standard error 1.5-2.0), which cost about
     80 s a model (docs/results.md). Program stays greedy: it scores about 1%."""
-    replay: int = 48
-    """Replay probes mixed into the probes of "opsd" and "sft_teacher": the guard envs'
+    replay: dict[str, int] | None = None
+    """Replay probes by env mixed into the probes of "opsd" and "sft_teacher": the env's
     training tasks, no context, cut before one of the expert's replies
-    (`plan.replay_probes`), at the guard's level. At org 21 (24k tokens, lr 1e-3) 16 kept
-    OPSD's guard within 2 points where none lost 4 points of arithmetic; 64 took the budget
-    from the knowledge. From the session-15 ground model 16 lost 3.2-6.1 points of sampled
-    arith at orgs 40 and 43, and 48 lost 1.6 and 1.7 with as much recall or more; over
-    two seeds at orgs 40-43, 48 lost 0.2-3.2 (mean 1.7) (docs/results.md)."""
+    (`plan.replay_probes`), at the guard's level ({}: none). None: `REPLAY` for those of
+    its envs that are guard envs. At org 21 (24k tokens, lr 1e-3) 16 kept OPSD's guard
+    within 2 points where none lost 4 points of arithmetic; 64 took the budget from the
+    knowledge. From the session-15 ground model 16 of each env lost 3.2-6.1 points of
+    sampled arith at orgs 40 and 43, and 48 lost 1.6 and 1.7 with as much recall or more;
+    over two seeds at orgs 40-43, 48 lost 0.2-3.2 (mean 1.7) (docs/results.md)."""
     promote: bool = True
     """Promote a candidate the gate passes (False: leave it a candidate; failures are
     rejected either way)."""
@@ -157,8 +160,12 @@ class SleepConfig:
                 f"guard_samples: {bad} names an env outside guard_envs {list(self.guard_envs)}"
                 " or fewer than 1 sample; give env=count for guard envs, count >= 1"
             )
-        if self.replay < 0:
-            raise SleepError(f"replay must be 0 or more probes, got {self.replay}")
+        bad_replay = {env: k for env, k in self.replay_counts().items() if env not in ENVS or k < 0}
+        if bad_replay:
+            raise SleepError(
+                f"replay: {bad_replay} names an unknown env or fewer than 0 probes;"
+                f" give env=count for envs among {', '.join(sorted(ENVS))}, count >= 0"
+            )
         unknown = [name for name in self.guard_envs if name not in ENVS]
         if unknown:
             raise SleepError(
@@ -174,6 +181,12 @@ class SleepConfig:
         if self.guard_samples is not None:
             return dict(self.guard_samples)
         return {env: k for env, k in GUARD_SAMPLES.items() if env in self.guard_envs}
+
+    def replay_counts(self) -> dict[str, int]:
+        """Replay probes by env: replay, or by default `REPLAY` for the guard envs it names."""
+        if self.replay is not None:
+            return dict(self.replay)
+        return {env: k for env, k in REPLAY.items() if env in self.guard_envs}
 
 
 @dataclass
@@ -372,9 +385,7 @@ def _train(
     out_dir = run_dir / "candidate"
     replay = []  # sft_transcript trains on the sessions as they happened: no probes at all
     if config.method in ("opsd", "sft_teacher"):
-        replay = replay_probes(
-            config.guard_envs, config.replay, config.guard_difficulty, config.opsd.seed
-        )
+        replay = replay_probes(config.replay_counts(), config.guard_difficulty, config.opsd.seed)
     probes = [probe_of(q) for q in plan.probes] + replay
     if config.method == "opsd":
         update = distill(

@@ -39,7 +39,7 @@ from onthejob.envs import Env, make_env
 from onthejob.envs.base import Task
 from onthejob.models.tokenizer import END, render_chat, token_id
 from onthejob.prompts import agent_opening, env_action, not_a_call
-from onthejob.sampling import SamplingConfig, sample
+from onthejob.sampling import PrefixCache, SamplingConfig, sample
 
 
 @dataclass
@@ -91,11 +91,15 @@ def run_episodes(
     env_workers: int = 4,
     env_timeout: float = ENV_TIMEOUT,
     clock: dict[str, float] | None = None,
+    reuse_prefix: bool = True,
 ) -> list[Trajectory]:
     """Play each task once (batched across episodes, turn by turn) and return the trajectories.
 
     Episode i resets its own env copy with seed `seed + i`. Seconds spent sampling and
-    stepping envs are added to `clock["sampling"]` and `clock["env"]` when a dict is given.
+    stepping envs are added to `clock["sampling"]` and `clock["env"]` when a dict is given,
+    and with `reuse_prefix` the prompt tokens computed and reused to `clock["prefilled tokens"]`
+    and `clock["reused tokens"]`. `reuse_prefix`: each turn computes only the episode's new
+    tokens, its chat so far coming from a `PrefixCache` (False: the whole chat again).
     """
     clock = clock if clock is not None else {}
     envs = [make_env(env_name, **(env_config or {})) for _ in tasks]
@@ -112,6 +116,7 @@ def run_episodes(
     end_id = token_id(tokenizer, END)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     pool = StepPool(env_workers, env_timeout)
+    cache = PrefixCache() if reuse_prefix else None
     try:
         for turn in range(max_turns):
             if limit is not None:
@@ -125,7 +130,10 @@ def run_episodes(
                 sampling, seed=None if sampling.seed is None else sampling.seed + 7919 * turn
             )
             started = time.perf_counter()
-            samples = sample(model, tokenizer, [trajectories[i].token_ids for i in active], config)
+            prompts = [trajectories[i].token_ids for i in active]
+            samples = sample(
+                model, tokenizer, prompts, config, prefix_cache=cache, cache_keys=active
+            )
             clock["sampling"] = clock.get("sampling", 0.0) + time.perf_counter() - started
             for i, ids, logps, reason, text in zip(
                 active,
@@ -177,6 +185,9 @@ def run_episodes(
                 t.logprobs += [0.0] * len(observation)
     finally:
         pool.close()
+    if cache is not None:
+        clock["prefilled tokens"] = clock.get("prefilled tokens", 0.0) + cache.computed
+        clock["reused tokens"] = clock.get("reused tokens", 0.0) + cache.reused
     for t in trajectories:
         if not t.finished:
             t.finished, t.end_reason = True, "max turns"

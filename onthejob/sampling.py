@@ -16,6 +16,11 @@ last call carries its EOS or stop-completing token), so a server can stream
 text while the batch decodes; the callback runs on the sampling thread and must
 be quick.
 
+Multi-turn: `sample(..., prefix_cache=c, cache_keys=k)` keeps each prompt's
+keys and values, its completion's too, in `c` under its key, and the next call
+whose prompt under that key extends them computes only the new tokens (an
+agent's next turn: its last reply and the tool's page). Lean path only.
+
 Not covered: beam search, repetition penalties, min-length, speculative
 decoding, and continuous batching (no new prompts join a running
 batch). The lean path drops finished rows from its batch as they accumulate;
@@ -40,7 +45,7 @@ prompt order).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +53,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from onthejob.models.fast import LeanDecoder, base_causal_lm, lean_decoder_supports
+from onthejob.models.fast import (
+    CachedPrefix,
+    LeanDecoder,
+    base_causal_lm,
+    lean_decoder_supports,
+)
 from onthejob.models.hf import model_device
 from onthejob.models.logprobs import positions_from_mask
 from onthejob.models.tokenizer import end_token_ids
@@ -103,6 +113,50 @@ class Samples:
     """'eos', 'stop' or 'length'."""
     texts: list[str]
     """Decoded completions (a final EOS token is not included)."""
+
+
+class PrefixCache:
+    """Keys and values of earlier sampling calls' prompts and completions, by the caller's
+    key (an episode), so that a next prompt which extends them computes only its new tokens.
+
+    A multi-turn caller passes one `PrefixCache` and a key per prompt to every `sample`
+    call of a run: turn t+1's prompt is turn t's prompt, its completion and the new
+    observation, and only the observation (and the completion's last token) is computed
+    again. A key's entry is used as far as its tokens agree with the new prompt (any other
+    prompt gets no reuse, never a wrong one), and replaced by the new call's. The entries
+    hold the weights' keys and values: use one cache only while the weights stay the same
+    (one rollout), and only with the lean decoder (other models re-prefill, unaided).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, tuple[list[int], CachedPrefix]] = {}
+        self.reused = 0
+        """Prompt tokens copied from the cache instead of computed, over all calls."""
+        self.computed = 0
+        """Prompt tokens computed, over all calls."""
+
+    def lookup(self, key: Hashable, prompt: Sequence[int]) -> CachedPrefix | None:
+        """The cached keys and values of `prompt`'s first tokens (all but its last at most),
+        or None where the key has none or its tokens part from the prompt at once."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        tokens, prefix = entry
+        n = 0
+        for cached, asked in zip(tokens, prompt[: len(prompt) - 1], strict=False):
+            if cached != asked:
+                break
+            n += 1
+        return prefix.cut(n) if n else None
+
+    def store(self, key: Hashable, tokens: list[int], prefix: CachedPrefix) -> None:
+        """Keep `prefix`, the keys and values of `tokens`, as the key's entry."""
+        if len(tokens) != prefix.length:
+            raise ValueError(f"{len(tokens)} tokens for a prefix of {prefix.length}")
+        self._entries[key] = (tokens, prefix)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def top_candidates(
@@ -287,10 +341,16 @@ def _decode(
     stops: _StopStrings | None,
     generator: torch.Generator | None,
     on_tokens: TokenCallback | None = None,
+    cached: list[CachedPrefix | None] | None = None,
+    exports: dict[int, CachedPrefix] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, _Finished]:
     """The sampling loop: tokens [B, N], log-probs [B, N] and where each row finished.
 
     `on_tokens` gets batch rows (not prompt indices) and their tokens, live rows only.
+    `cached` (lean decoder only): per batch row, the keys and values of its prompt's first
+    tokens. `exports`, where given, receives per batch row the keys and values of its
+    prompt and its completion but the last token (those `step` fed while the row lived),
+    taken as the row leaves the batch.
     """
     batch, budget, device = len(input_ids), config.max_new_tokens, input_ids.device
     tokens = torch.zeros(batch, budget, dtype=torch.long, device=device)
@@ -302,7 +362,20 @@ def _decode(
     rows = torch.arange(batch, device=device)  # the batch row of each decoder row
     live = torch.ones(batch, dtype=torch.bool, device=device)  # decoder rows still sampling
 
-    logits = decoder.prefill(input_ids, attention_mask)
+    prompt_lengths = attention_mask.sum(-1)
+
+    def export(decoder_rows: torch.Tensor) -> None:
+        if exports is None or not isinstance(decoder, LeanDecoder):
+            return
+        for row in decoder_rows.tolist():
+            b = int(rows[row])
+            n = int(prompt_lengths[b] + finished.lengths[b]) - 1
+            exports[b] = decoder.export(row, n)
+
+    if isinstance(decoder, LeanDecoder):
+        logits = decoder.prefill(input_ids, attention_mask, cached=cached)
+    else:
+        logits = decoder.prefill(input_ids, attention_mask)
     for step in range(budget):
         token, logprob = next_tokens(logits, config, generator)
         tokens[rows, step] = token
@@ -326,9 +399,11 @@ def _decode(
         # (copying the cache costs about one step; not worth it at the very end).
         if isinstance(decoder, LeanDecoder) and n_live <= 0.75 * len(live) and budget - step > 4:
             kept = live.nonzero().squeeze(1)
+            export((~live).nonzero().squeeze(1))
             decoder.keep(kept)
             rows, live, token = rows[kept], live[kept], token[kept]
         logits = decoder.step(token)
+    export(torch.arange(len(rows), device=device))
     return tokens, logprobs, finished
 
 
@@ -339,13 +414,18 @@ def sample(
     config: SamplingConfig,
     eos_token_ids: Sequence[int] | None = None,
     on_tokens: TokenCallback | None = None,
+    prefix_cache: PrefixCache | None = None,
+    cache_keys: Sequence[Hashable] | None = None,
 ) -> Samples:
     """Sample one completion per prompt (token-id lists); ids and log-probs exactly as sampled.
 
     `eos_token_ids` end a completion (default: `end_token_ids(tokenizer)`; [] for none).
     `on_tokens(prompt_indices, token_ids)` is called after every decode step (see the
-    module docstring).
+    module docstring). With a `prefix_cache`, prompt i reuses and then replaces the entry
+    of `cache_keys[i]` (see `PrefixCache`).
     """
+    if prefix_cache is not None and (cache_keys is None or len(cache_keys) != len(prompts)):
+        raise ValueError("a prefix_cache needs cache_keys, one key per prompt")
     checked = _check_prompts(model, prompts, config)
     eos = end_token_ids(tokenizer) if eos_token_ids is None else [int(t) for t in eos_token_ids]
     device = model_device(model)
@@ -377,9 +457,33 @@ def sample(
                 def step_callback(rows: list[int], ids: list[int]) -> None:
                     callback([order[row] for row in rows], ids)
 
+            cached: list[CachedPrefix | None] | None = None
+            exports: dict[int, CachedPrefix] | None = None
+            if prefix_cache is not None and isinstance(decoder, LeanDecoder):
+                assert cache_keys is not None
+                keys = [cache_keys[i] for i in order]
+                cached = [prefix_cache.lookup(keys[r], checked[i]) for r, i in enumerate(order)]
+                exports = {}
+                reused = sum(prefix.length for prefix in cached if prefix is not None)
+                prefix_cache.reused += reused
+                prefix_cache.computed += sum(map(len, checked)) - reused
             tokens, logprobs, finished = _decode(
-                decoder, input_ids, attention_mask, config, eos_ids, stops, generator, step_callback
+                decoder,
+                input_ids,
+                attention_mask,
+                config,
+                eos_ids,
+                stops,
+                generator,
+                step_callback,
+                cached,
+                exports,
             )
+            if prefix_cache is not None and exports is not None:
+                for row, prefix in exports.items():
+                    prompt = checked[order[row]]
+                    fed = tokens[row, : prefix.length - len(prompt)].tolist()
+                    prefix_cache.store(keys[row], prompt + fed, prefix)
     finally:
         for module, mode in training:
             module.training = mode

@@ -156,3 +156,39 @@ def test_step_pool_outcomes_keep_their_order():
         "env error: ValueError: bad action",
         ("C", 1.0, True, False),
     ]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_reusing_the_chat_so_far_plays_the_same_episodes(
+    tiny_model, tokenizer, monkeypatch, temperature
+):
+    """Turn t+1 computes only the new observation (`PrefixCache`): the episodes, their
+    tokens and log-probs, are the ones a full re-prefill of every turn plays."""
+    every_reply_is_a_call(monkeypatch)
+    tasks = make_tasks("shop", "test", 4, seed=2)
+    sampling = replace(SAMPLING, temperature=temperature, max_new_tokens=8)
+    clocks: list[dict[str, float]] = [{}, {}]
+    played = [
+        run_episodes(
+            tiny_model,
+            tokenizer,
+            "shop",
+            tasks,
+            sampling,
+            max_turns=4,
+            reuse_prefix=reuse,
+            clock=clock,
+        )
+        for reuse, clock in zip((True, False), clocks, strict=True)
+    ]
+    for reused, full in zip(*played, strict=True):
+        assert reused.token_ids == full.token_ids and reused.turns == full.turns
+        assert reused.logprobs == pytest.approx(full.logprobs, abs=1e-4)
+        assert (reused.reward, reused.end_reason) == (full.reward, full.end_reason)
+    assert max(len(t.turns) for t in played[0]) == 4
+    # the whole chat is computed once, each turn's reply and observation once more
+    assert clocks[0]["prefilled tokens"] < clocks[0]["reused tokens"]
+    assert clocks[0]["prefilled tokens"] + clocks[0]["reused tokens"] == sum(
+        start for t in played[0] for start, _ in t.turns
+    )
+    assert "reused tokens" not in clocks[1]

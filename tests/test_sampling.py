@@ -24,7 +24,14 @@ from onthejob.models import (
 )
 from onthejob.models.fast import LeanDecoder, lean_decoder_supports
 from onthejob.models.logprobs import forward_logits
-from onthejob.sampling import HFCacheDecoder, SamplingConfig, next_tokens, sample, top_candidates
+from onthejob.sampling import (
+    HFCacheDecoder,
+    PrefixCache,
+    SamplingConfig,
+    next_tokens,
+    sample,
+    top_candidates,
+)
 from tests.conftest import TINY
 
 TEXTS = [
@@ -450,9 +457,9 @@ def test_identical_prompts_are_prefilled_once_and_sample_as_if_each_ran(
     prefilled = []
     original = LeanDecoder._prefill_rows
 
-    def counting(self, rows, input_ids, attention_mask):
+    def counting(self, rows, input_ids, attention_mask, new):
         prefilled.append(len(input_ids))
-        return original(self, rows, input_ids, attention_mask)
+        return original(self, rows, input_ids, attention_mask, new)
 
     monkeypatch.setattr(LeanDecoder, "_prefill_rows", counting)
     together = sample(model, tokenizer, batch, greedy).token_ids
@@ -462,3 +469,49 @@ def test_identical_prompts_are_prefilled_once_and_sample_as_if_each_ran(
     rows = sample(model, tokenizer, batch, seeded).token_ids
     assert rows == sample(model, tokenizer, batch, seeded).token_ids
     assert len({tuple(rows[i]) for i in (0, 2, 3)}) > 1  # copies share a prompt, not samples
+
+
+def test_a_prefix_cache_computes_only_the_new_tokens_and_samples_as_without_it(
+    model, tokenizer, prompts, monkeypatch
+):
+    """Three turns of seven episodes, some finishing early (so rows leave the batch mid
+    turn): with the cache each turn computes only what the last one did not, and samples
+    exactly what a full re-prefill does."""
+    greedy = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    free = sample(model, tokenizer, prompts, greedy, eos_token_ids=[]).token_ids
+    eos = sorted({free[k][2] for k in range(3)})  # rows 0-2 end early, others may later
+    kept = []
+    original = LeanDecoder.keep
+
+    def counting_keep(self, rows):
+        kept.append(len(rows))
+        original(self, rows)
+
+    monkeypatch.setattr(LeanDecoder, "keep", counting_keep)
+    observation = encode_text(tokenizer, "tool: 3 items found, the first costs 12")
+    cache, chats, computed, reasons = PrefixCache(), [list(p) for p in prompts], [], []
+    for turn in range(3):
+        if turn == 2:  # episode 4 starts over: its entry no longer applies
+            chats[4] = encode_text(tokenizer, "a new episode")
+        fresh = sample(model, tokenizer, chats, greedy, eos_token_ids=eos)
+        before = cache.computed
+        reused = sample(
+            model, tokenizer, chats, greedy, eos, prefix_cache=cache, cache_keys=range(7)
+        )
+        computed.append(cache.computed - before)
+        reasons += fresh.finish_reasons
+        assert reused.token_ids == fresh.token_ids and reused.texts == fresh.texts
+        for a, b in zip(reused.logprobs, fresh.logprobs, strict=True):
+            assert a == pytest.approx(b, abs=1e-4)
+        chats = [
+            chat + ids + observation[: 3 + k]
+            for k, (chat, ids) in enumerate(zip(chats, fresh.token_ids, strict=True))
+        ]
+    assert {"eos", "length"} <= set(reasons) and kept  # rows left the batch mid turn
+    assert len(cache) == 7
+    # turn 1: the completion's last token and the observation, per episode (4 starts over)
+    new = [1 + 3 + k for k in range(7)]
+    new[4] = len(encode_text(tokenizer, "a new episode"))
+    assert computed[0] == sum(map(len, prompts)) and computed[2] == sum(new)
+    with pytest.raises(ValueError, match="needs cache_keys, one key per prompt"):
+        sample(model, tokenizer, chats, greedy, prefix_cache=cache)

@@ -4,9 +4,11 @@ Covers: prefill and one-token decode steps for Hugging Face Llama, Qwen2, Qwen3
 and Mistral models (and the same models wrapped by PEFT), with a KV cache
 preallocated as [batch, kv_heads, max_len, head_dim] and written in place,
 rotary cos/sin tables computed once by the model's own rotary module, and
-position ids taken from the attention mask (left padding), and dropping
-finished rows from the batch (`keep`). `sample` in `onthejob.sampling` drives
-it; `lean_decoder_supports` says when it applies.
+position ids taken from the attention mask (left padding), dropping
+finished rows from the batch (`keep`), and carrying a row's keys and values
+over to a later prefill whose prompt extends it (`export`, `CachedPrefix`: the
+prefill then computes only the new columns). `sample` in `onthejob.sampling`
+drives it; `lean_decoder_supports` says when it applies.
 
 Not covered: sliding-window attention shorter than the sequence, rope types
 that depend on the sequence length ("dynamic"), MoE blocks, training (it runs
@@ -40,7 +42,7 @@ calls; checked against it in tests/test_sampling.py):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +138,26 @@ def _fused(modules: list[Any]) -> Projection | None:
     if any(b is not None for _, b in pairs):
         bias = torch.cat([w.new_zeros(len(w)) if b is None else b for w, b in pairs])
     return lambda x: F.linear(x, weight, bias)
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """The keys and values of a row's first tokens, one [kv_heads, n, head_dim] tensor per
+    layer each, as a `LeanDecoder` of the same weights computed them (`LeanDecoder.export`):
+    a later prefill of a prompt that starts with those tokens copies them in instead of
+    computing them again. Rotary positions are already applied (a prompt starts at 0)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        """Tokens covered."""
+        return int(self.keys[0].shape[1])
+
+    def cut(self, n: int) -> CachedPrefix:
+        """The first n tokens' keys and values (views, no copy)."""
+        return CachedPrefix([k[:, :n] for k in self.keys], [v[:, :n] for v in self.values])
 
 
 @dataclass
@@ -266,7 +288,11 @@ class LeanDecoder:
         return self.lm_head(self._rms_norm(self.norm, hidden)).float()
 
     def prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_rows: int = 0
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        chunk_rows: int = 0,
+        cached: Sequence[CachedPrefix | None] | None = None,
     ) -> torch.Tensor:
         """Run the left-padded prompts [B, L]; fill the cache; float32 logits [B, V] of the last position.
 
@@ -275,6 +301,11 @@ class LeanDecoder:
         that repeats them. Rows go through in chunks of `chunk_rows` (0: an eighth of the
         distinct rows, at least 8), each cut to its own longest prompt, so sorting the
         prompts by length first saves most of the padding's compute.
+
+        `cached[i]`, where given, holds the keys and values of row i's first tokens (fewer
+        than its prompt has): they are copied in, and a chunk computes only its last
+        columns, as many as its rows' longest uncached part (a multi-turn episode's next
+        turn computes the new observation, not the whole chat again).
         """
         b, length = input_ids.shape
         if b != self.batch_size or length >= self.max_len:
@@ -298,42 +329,71 @@ class LeanDecoder:
         rank[order] = torch.arange(n, device=input_ids.device)
         copy_of = rank[copy_of]
         ids, mask = input_ids[first[order]], attention_mask[first[order]]
+        real = mask.sum(-1).tolist()
+        prefixes = [None if cached is None else cached[i] for i in first[order].tolist()]
+        for i, prefix in enumerate(prefixes):
+            if prefix is not None and not 0 < prefix.length < real[i]:
+                raise ValueError(
+                    f"a cached prefix of {prefix.length} tokens for a prompt of {real[i]}: it"
+                    " must cover at least one token and leave at least one to compute"
+                )
         chunk_rows = chunk_rows or max(8, n // 8)
         logits = []
         for start in range(0, n, chunk_rows):
             rows = slice(start, min(start + chunk_rows, n))
-            width = int(mask[rows].sum(-1).max())
+            width = max(real[rows])
+            new = max(
+                r - (p.length if p else 0) for r, p in zip(real[rows], prefixes[rows], strict=True)
+            )
+            self._fill_cached(rows, real[rows], prefixes[rows], new)
             logits.append(
-                self._prefill_rows(rows, ids[rows, length - width :], mask[rows, length - width :])
+                self._prefill_rows(
+                    rows, ids[rows, length - width :], mask[rows, length - width :], new
+                )
             )
         if n < b:
             for cache in (*self.keys, *self.values):
                 cache[:, :, :length] = cache[copy_of, :, :length]
         return torch.cat(logits)[copy_of]
 
+    def _fill_cached(
+        self, rows: slice, real: list[int], prefixes: list[CachedPrefix | None], new: int
+    ) -> None:
+        """Zero the cache left of a chunk's last `new` columns (masked columns must hold
+        finite numbers: 0 * NaN = NaN), then copy in its rows' cached prefixes."""
+        for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
+            keys[rows, :, : self.length - new] = 0
+            values[rows, :, : self.length - new] = 0
+            for row, length, prefix in zip(
+                range(rows.start, rows.stop), real, prefixes, strict=True
+            ):
+                if prefix is not None:
+                    start = self.length - length
+                    keys[row, :, start : start + prefix.length] = prefix.keys[layer]
+                    values[row, :, start : start + prefix.length] = prefix.values[layer]
+
     def _prefill_rows(
-        self, rows: slice, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, rows: slice, input_ids: torch.Tensor, attention_mask: torch.Tensor, new: int
     ) -> torch.Tensor:
+        """Compute the last `new` of a chunk's `width` columns against all of them (the
+        columns before hold cached keys and values, or padding)."""
         b, width = input_ids.shape
-        offset = self.length - width
+        offset, skip = self.length - width, width - new
         valid = attention_mask.bool()
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, skip:]
+        causal = torch.ones(new, width, dtype=torch.bool, device=self.device).tril(skip)
         # Real queries see real keys up to themselves; pad queries see only themselves
         # (their outputs are never read, but an all-masked row would give NaN).
-        mask = (causal[None] & valid[:, None, :]) | torch.eye(
-            width, dtype=torch.bool, device=self.device
-        )
+        columns = torch.arange(width, device=self.device)
+        itself = columns[None] == torch.arange(skip, width, device=self.device)[:, None]
+        mask = (causal[None] & valid[:, None, :]) | itself
         cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]
 
-        hidden = self.embed(input_ids)
+        hidden = self.embed(input_ids[:, skip:])
         for layer, keys, values in zip(self.layers, self.keys, self.values, strict=True):
             q, k, v = self._qkv(layer, self._rms_norm(layer.input_norm, hidden), cos, sin)
-            # Columns left of this chunk are masked, but must hold finite numbers: 0 * NaN = NaN.
-            keys[rows, :, :offset] = 0
-            values[rows, :, :offset] = 0
-            keys[rows, :, offset : self.length] = k.transpose(1, 2)
-            values[rows, :, offset : self.length] = v.transpose(1, 2)
+            keys[rows, :, offset + skip : self.length] = k.transpose(1, 2)
+            values[rows, :, offset + skip : self.length] = v.transpose(1, 2)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
                 keys[rows, :, offset : self.length],
@@ -342,7 +402,7 @@ class LeanDecoder:
                 scale=self.scale,
                 enable_gqa=self.group > 1,
             )
-            hidden = hidden + layer.o_proj(out.transpose(1, 2).reshape(b, width, -1))
+            hidden = hidden + layer.o_proj(out.transpose(1, 2).reshape(b, new, -1))
             hidden += self._mlp(layer, self._rms_norm(layer.post_attention_norm, hidden))
         return self._logits(hidden[:, -1])
 
@@ -389,6 +449,18 @@ class LeanDecoder:
         self.length = t + 1
         self.positions += 1
         return self._logits(hidden[:, 0])
+
+    def export(self, row: int, n: int) -> CachedPrefix:
+        """A copy of the keys and values of the first n tokens of `row` (an index into the
+        current batch): its prompt's, then those fed by `step` since."""
+        filled = int(self.positions[row])
+        if not 0 < n <= filled:
+            raise ValueError(f"row {row} holds {filled} tokens; cannot export {n}")
+        start = self.length - filled
+        return CachedPrefix(
+            [k[row, :, start : start + n].clone() for k in self.keys],
+            [v[row, :, start : start + n].clone() for v in self.values],
+        )
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (indices into the current batch), cache included: finished rows stop costing."""

@@ -76,6 +76,19 @@ def prompts(tokenizer):
     return out
 
 
+def count_keeps(monkeypatch) -> list[int]:
+    """The batch size after each time the lean decoder drops finished rows, as it happens."""
+    kept: list[int] = []
+    original = LeanDecoder.keep
+
+    def counting_keep(self, rows):
+        kept.append(len(rows))
+        original(self, rows)
+
+    monkeypatch.setattr(LeanDecoder, "keep", counting_keep)
+    return kept
+
+
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), pad_id)
@@ -288,14 +301,7 @@ def test_rows_that_finish_leave_the_batch_without_changing_the_others(
     config = SamplingConfig(max_new_tokens=12, temperature=0.0)
     free = sample(model, tokenizer, batch, config, eos_token_ids=[])
     eos = free.token_ids[0][1]
-    kept = []
-    original = LeanDecoder.keep
-
-    def counting_keep(self, rows):
-        kept.append(len(rows))
-        original(self, rows)
-
-    monkeypatch.setattr(LeanDecoder, "keep", counting_keep)
+    kept = count_keeps(monkeypatch)
     out = sample(model, tokenizer, batch, config, eos_token_ids=[eos])
     assert kept, "expected the decoder to drop finished rows"
     for free_ids, ids in zip(free.token_ids, out.token_ids, strict=True):
@@ -480,14 +486,7 @@ def test_a_prefix_cache_computes_only_the_new_tokens_and_samples_as_without_it(
     greedy = SamplingConfig(max_new_tokens=10, temperature=0.0)
     free = sample(model, tokenizer, prompts, greedy, eos_token_ids=[]).token_ids
     eos = sorted({free[k][2] for k in range(3)})  # rows 0-2 end early, others may later
-    kept = []
-    original = LeanDecoder.keep
-
-    def counting_keep(self, rows):
-        kept.append(len(rows))
-        original(self, rows)
-
-    monkeypatch.setattr(LeanDecoder, "keep", counting_keep)
+    kept = count_keeps(monkeypatch)
     observation = encode_text(tokenizer, "tool: 3 items found, the first costs 12")
     cache, chats, computed, reasons = PrefixCache(), [list(p) for p in prompts], [], []
     for turn in range(3):

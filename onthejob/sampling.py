@@ -126,6 +126,8 @@ class PrefixCache:
     prompt gets no reuse, never a wrong one), and replaced by the new call's. The entries
     hold the weights' keys and values: use one cache only while the weights stay the same
     (one rollout), and only with the lean decoder (other models re-prefill, unaided).
+    Each entry holds its row's keys and values: between turns the cache takes about the
+    memory the decoder's own cache takes during one.
     """
 
     def __init__(self) -> None:

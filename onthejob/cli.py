@@ -812,7 +812,7 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="replay probes (training tasks, no context) mixed into opsd/sft_teacher: by env"
         ' ("arith=16,shop=64"), a number spread evenly over the guard envs, or "none"'
-        ' (default "arith=16,program=16,shop=16")',
+        ' (default "arith=16,program=16,shop=64")',
     )
     p.add_argument(
         "--tolerance", type=float, default=0.02, help="most a guard score may fall (0.02: 2 points)"

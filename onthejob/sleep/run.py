@@ -86,10 +86,10 @@ GUARD_SAMPLES = {"arith": 64, "shop": 8}
 REPLAY = {"arith": 16, "program": 16, "shop": 64}
 """Replay probes by guard env in a sleep that trains on probes, by default. The shop's
 weigh four times the others': at held-out orgs 64-67 (two seeds each) OPSD with 16 of
-each env lost 3.4 points of sampled shop over new seeds and the gate promoted 2 of 8;
-with 64 of the shop it lost 2.0, promoted 4 of 8, and recalled as much (90% of the
-teacher against 92%), for about 1.5 times the training time (docs/results.md,
-session 19). The sleeps' answers otherwise leak into the shop's tool calls (a colour
+each env lost 3.2 points of sampled shop over new seeds and the gate promoted 2 of 8;
+with 64 of the shop it lost 1.9 (less in all 8 pairs), promoted 4 of 8, and recalled
+as much (90% of the teacher against 92%), for about 1.5 times the training time
+(docs/results.md, session 19). The sleeps' answers otherwise leak into the shop's tool calls (a colour
 where the verb goes)."""
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from side_by_side import prepare_process, resolve_model_dir
+from side_by_side import left_pad, prepare_process, resolve_model_dir
 
 import onthejob.rollout
 from onthejob import curriculum
@@ -64,12 +64,8 @@ def hf_sample(
     """`sample`'s contract by one HF `generate` call: the whole prompts, every turn."""
     eos = end_token_ids(tokenizer) if eos_token_ids is None else list(eos_token_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(list(prompt))
-        mask[row, width - len(prompt) :] = 1
+    ids, mask = left_pad(prompts, pad)
+    width = ids.shape[1]
     greedy = config.temperature == 0.0
     out = model.generate(
         input_ids=ids,

@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 import torch
-from side_by_side import parse_with_shape
+from side_by_side import left_pad, parse_with_shape
 
 from onthejob.models import (
     TinyConfig,
@@ -79,16 +79,6 @@ def build_prompts(tokenizer, batch: int, seed: int = 1) -> list[list[int]]:
         if len(prompts) == batch:
             return prompts
     raise RuntimeError("could not build enough prompts of 20-60 tokens")
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
 
 
 def main() -> None:

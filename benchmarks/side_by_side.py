@@ -3,7 +3,7 @@ how a trainer's steps are timed and compared.
 
 Covers: picking the model (`--model`, the cached pretrained default, the newest cached
 default of an older config, else a fresh `TinyConfig()` model with a tokenizer trained
-on text the benchmark gives), a warning when other processes load the CPU, the
+on text the benchmark gives), left-padding prompts for HF `generate`, a warning when other processes load the CPU, the
 callback that times a Hugging Face `Trainer`'s steps, the TRL arguments both TRL
 peers run with (CPU, constant learning rate, AdamW (0.9, 0.99), no logging or saving)
 and the settings read back from a TRL trainer, the per-step record of one side
@@ -88,6 +88,17 @@ def parse_with_shape(
         return args, shape_from_flags(args, base)
     except ConfigError as e:
         parser.error(str(e))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as one left-padded batch for HF `generate`: (input_ids, attention_mask)."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(list(prompt))
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
 
 
 @dataclass

@@ -508,7 +508,7 @@ def test_a_prefix_cache_computes_only_the_new_tokens_and_samples_as_without_it(
         ]
     assert {"eos", "length"} <= set(reasons) and kept  # rows left the batch mid turn
     assert len(cache) == 7
-    # turn 1: the completion's last token and the observation, per episode (4 starts over)
+    # the third turn computes each episode's last token and observation (4 starts over)
     new = [1 + 3 + k for k in range(7)]
     new[4] = len(encode_text(tokenizer, "a new episode"))
     assert computed[0] == sum(map(len, prompts)) and computed[2] == sum(new)

@@ -17,10 +17,11 @@ sessions (`prompts.KNOWLEDGE_SYSTEM`, then the question) and whose teacher conte
   the item, so a thumbs-down session whose critique names the right answer still teaches
   where nothing else does.
 
-Also `replay_probes`: a number of each grindable env's training tasks with no context, cut before one
-of the expert's replies (the opening, or a later turn of a multi-turn episode), so the
-teacher sees exactly what the student sees; mixed into a sleep's probes they anchor the
-skills the guard suite measures (its tasks are the envs' held-out split, never these).
+Also `replay_probes`: a number of each grindable env's training tasks with no context,
+cut before one of the expert's replies (the opening, or a later turn of a multi-turn
+episode), so the teacher sees exactly what the student sees; mixed into a sleep's probes
+they anchor the skills the guard suite measures (its tasks are the envs' held-out split,
+never these). `spread` turns one number into counts per env.
 
 Not covered: how the teacher's prompt is built from a probe and its context
 (`onthejob.train.opsd.teacher_messages`, the one place shared with the trainer), training,

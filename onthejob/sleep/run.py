@@ -89,8 +89,8 @@ weigh four times the others': at held-out orgs 64-67 (two seeds each) OPSD with 
 each env lost 3.2 points of sampled shop over new seeds and the gate promoted 2 of 8;
 with 64 of the shop it lost 1.9 (less in all 8 pairs), promoted 4 of 8, and recalled
 as much (90% of the teacher against 92%), for about 1.5 times the training time
-(docs/results.md, session 19). The sleeps' answers otherwise leak into the shop's tool calls (a colour
-where the verb goes)."""
+(docs/results.md, session 19). The sleeps' answers otherwise leak into the shop's tool
+calls (a colour where the verb goes)."""
 
 
 @dataclass(frozen=True)

@@ -575,6 +575,11 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
             teacher=args.teacher or base.opsd.teacher,
             divergence=args.divergence or base.opsd.divergence,
             beta=base.opsd.beta if args.beta is None else args.beta,
+            replay_temperature=(
+                base.opsd.replay_temperature
+                if args.replay_temperature is None
+                else args.replay_temperature
+            ),
         ),
         sft=replace(base.sft, **train),
         gate=replace(base.gate, tolerance=args.tolerance),
@@ -813,6 +818,11 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         help="replay probes (training tasks, no context) mixed into opsd/sft_teacher: by env"
         ' ("arith=16,shop=64"), a number spread evenly over the guard envs, or "none"'
         ' (default "arith=16,program=16,shop=64")',
+    )
+    p.add_argument(
+        "--replay-temperature",
+        type=float,
+        help="opsd teacher's temperature on replay probes (below 1: a sharper copy of its skills)",
     )
     p.add_argument(
         "--tolerance", type=float, default=0.02, help="most a guard score may fall (0.02: 2 points)"

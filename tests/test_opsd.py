@@ -31,6 +31,7 @@ from onthejob.train.opsd import (
     reverse_kl,
     sampled_token_loss,
     teacher_messages,
+    token_temperatures,
 )
 from tests.resume_support import crash_then_resume
 
@@ -497,6 +498,44 @@ def test_replay_probes_start_at_zero_divergence_and_anchor_the_student(tokenizer
     assert with_context.history[0]["divergence"] > 0.01
     with pytest.raises(ValueError, match="or None for a replay probe"):
         Probe(_probes()[0].messages, "  ")
+
+
+def test_token_temperatures_follow_completion_logits_order():
+    completions = [[[1, 2], [3]], [[4]]]  # group 0: two samples (2 and 1 tokens), group 1: one
+    got = token_temperatures([0.5, 1.0], completions)
+    assert got.tolist() == [[0.5], [0.5], [0.5], [1.0]]
+
+
+def _entropy_at_prompt_end(model, tokenizer, probe):
+    logits = _logits(model, probe_prompts(tokenizer, probe)[0])[0, -1].float()
+    return float(-(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).sum())
+
+
+def test_a_replay_temperature_below_one_sharpens_the_replay_probes_only(tokenizer):
+    """At replay_temperature 0.5 a replay probe's teacher is the base sharpened, so a
+    fresh adapter starts away from it and training lowers the student's entropy there;
+    a probe with a context is scored exactly as at temperature 1."""
+    replay = [Probe(p.messages, None) for p in _probes()]
+    config = OPSDConfig(steps=1, batch_size=4, samples_per_probe=2, max_new_tokens=6)
+    sharp = replace(config, replay_temperature=0.5)
+    first = distill(_sharp_model(tokenizer), tokenizer, replay, sharp, show_progress=False)
+    assert first.history[0]["divergence"] > 0.01
+    plain, tempered = (
+        distill(_sharp_model(tokenizer), tokenizer, _probes(), c, show_progress=False)
+        for c in (config, sharp)
+    )
+    assert tempered.history[0]["divergence"] == plain.history[0]["divergence"]
+    before = _entropy_at_prompt_end(_sharp_model(tokenizer), tokenizer, replay[0])
+    trained = distill(
+        _sharp_model(tokenizer),
+        tokenizer,
+        replay,
+        replace(sharp, steps=30, lr=5e-3, replay_temperature=0.25),
+        show_progress=False,
+    ).model
+    assert _entropy_at_prompt_end(trained, tokenizer, replay[0]) < before - 0.1
+    with pytest.raises(ConfigError, match="replay_temperature"):
+        OPSDConfig(replay_temperature=0.0)
 
 
 def test_the_base_teacher_switches_an_earlier_adapter_off(tokenizer):

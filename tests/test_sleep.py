@@ -992,6 +992,8 @@ def test_onthejob_sleep_prints_the_table_and_registers(
         "0.5",
         "--replay",
         "arith=3",
+        "--replay-temperature",
+        "0.5",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -1007,6 +1009,7 @@ def test_onthejob_sleep_prints_the_table_and_registers(
         0.3,
     )
     assert versions[1].config["opsd"]["update_share"] == 0.5
+    assert versions[1].config["opsd"]["replay_temperature"] == 0.5
     assert versions[1].config["train"]["share_error"] == 0.0  # a fresh adapter: exact
     assert versions[1].config["train"]["replay"] == 3
     assert f"{versions[1].id} (parent {versions[0].id}, status {versions[1].status})" in out
@@ -1017,6 +1020,8 @@ def test_onthejob_sleep_prints_the_table_and_registers(
     assert "onthejob sleep: --beta must be in [0, 1]" in capsys.readouterr().err
     assert main([*argv[:-1], "--update-share", "0", "--quiet"]) == 2
     assert "onthejob sleep: --update-share must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert main([*argv[:-1], "--replay-temperature", "0", "--quiet"]) == 2
+    assert "onthejob sleep: --replay-temperature must be > 0" in capsys.readouterr().err
     assert main([*argv[:-1], "--replay", "chess=2", "--quiet"]) == 2
     assert "replay: {'chess': 2} names an unknown env" in capsys.readouterr().err
     assert main(["sleep", "--org", "3", "--store", str(tmp_path / "none.sqlite")]) == 2

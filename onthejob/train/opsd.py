@@ -20,8 +20,8 @@ adapter (or the full weights) saved with `onthejob.models.save_model`.
 
 Not covered: which sessions, contexts and probes to learn from, and the gate (see
 `onthejob.sleep`); evaluation of recall (`onthejob.evals`); top-k or chunked
-approximations of the full-vocabulary divergence; mixing replay or an SFT term into the
-loss; several processes or GPUs.
+approximations of the full-vocabulary divergence; choosing replay probes (they come in
+as probes without a context); an SFT term in the loss; several processes or GPUs.
 
 How it relates to the methods it draws on:
 
@@ -61,6 +61,11 @@ the saved student keeps only that share of what training changed (WiSE-FT's weig
 interpolation toward the starting weights, Wortsman et al. 2022; `models.keep_share`),
 which none of the three papers does: at held-out orgs the sleep's LoRA update cost the
 grindable skills 2-3 points however little it taught (docs/results.md, session 18).
+Replay probes (no context: the teacher sees the student's chat) anchor the student to its
+starting skills; with `replay_temperature` < 1 their teacher's distribution is sharpened
+first, so the student learns a sharper copy of those skills on its own samples, where SFT
+on the teacher's greedy answers learns it on the teacher's. None of the three papers
+replays or sharpens.
 """
 
 from __future__ import annotations
@@ -233,10 +238,20 @@ class OPSDConfig(UpdateConfig):
     pure OPSD, 0.0 distillation on the teacher's samples only (full-vocabulary targets
     where SFT on teacher samples has the one sampled token)."""
 
+    replay_temperature: float = 1.0
+    """Temperature of the teacher's distribution on replay probes (context None): below 1
+    the student is pulled toward a sharper copy of the teacher's own behaviour on them
+    (towards its greedy choices at every position of the student's samples), at 1 it is
+    only anchored to it. Knowledge probes always compare temperature-1 distributions."""
+
     def problems(self) -> dict[str, tuple[bool, str]]:
         return {
             **super().problems(),
             "samples_per_probe": (self.samples_per_probe < 1, "> 0"),
+            "replay_temperature": (
+                not self.replay_temperature > 0,
+                "> 0 (1: the teacher as it is)",
+            ),
             "max_new_tokens": (self.max_new_tokens < 1, "> 0"),
             "temperature": (not self.temperature > 0, "> 0 (the student must sample)"),
             "divergence": (self.divergence not in DIVERGENCES, " or ".join(DIVERGENCES)),
@@ -521,6 +536,8 @@ class _Run:
     tokenizer: PreTrainedTokenizerBase
     prompts: list[tuple[list[int], list[int]]]
     """(student, teacher) prompt ids per probe."""
+    replay: list[bool]
+    """Per probe: a replay probe (no context), whose teacher runs at replay_temperature."""
     optimizer: torch.optim.Optimizer
     teacher: Teacher
     params: list[torch.nn.Parameter]
@@ -577,7 +594,8 @@ def distill(
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = adamw(params, config.lr, config.weight_decay, betas=(0.9, 0.99))
     teacher = Teacher(student, params, config.teacher, config.ema_decay, fresh)
-    run = _Run(config, student, tokenizer, prompts, optimizer, teacher, params)
+    replay = [probe.context is None for probe in probes]
+    run = _Run(config, student, tokenizer, prompts, replay, optimizer, teacher, params)
     saved = torch.nn.ModuleDict({"student": student, "teacher": teacher.state()})
 
     start, tokens = 0, 0
@@ -664,6 +682,11 @@ def opsd_step(run: _Run, step: int) -> dict[str, Any]:
             teacher_logits = completion_logits(
                 teacher, [run.prompts[i][1] for i in probes], completions, pad_id
             )
+        if config.replay_temperature != 1:
+            teacher_logits = teacher_logits / token_temperatures(
+                [config.replay_temperature if run.replay[i] else 1.0 for i in probes],
+                completions,
+            ).to(teacher_logits.device)
         student.train()
         student_logits = completion_logits(
             student, [run.prompts[i][0] for i in probes], completions, pad_id
@@ -703,6 +726,17 @@ def opsd_step(run: _Run, step: int) -> dict[str, Any]:
         "step_s": round(step_s, 4),
         "tokens_per_s": round(total / max(step_s, 1e-9), 1),
     }
+
+
+def token_temperatures(
+    temperatures: Sequence[float], completions: Sequence[Sequence[Sequence[int]]]
+) -> torch.Tensor:
+    """[N, 1]: each completion token's temperature, in `completion_logits` order (group by
+    group, completion by completion, token by token); temperatures[g] is group g's."""
+    per_token = [
+        t for t, group in zip(temperatures, completions, strict=True) for ids in group for _ in ids
+    ]
+    return torch.tensor(per_token, dtype=torch.float32).unsqueeze(-1)
 
 
 def clipped_tokens(config: OPSDConfig, per_token: torch.Tensor, divergence: torch.Tensor) -> int:

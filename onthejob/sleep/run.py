@@ -103,7 +103,12 @@ class SleepConfig:
     """How probes, targets and teacher contexts are built."""
     opsd: OPSDConfig = field(
         default_factory=lambda: OPSDConfig(
-            teacher="base", steps=800, max_new_tokens=SAMPLE_TOKENS, divergence="jsd", beta=0.5
+            teacher="base",
+            steps=800,
+            max_new_tokens=SAMPLE_TOKENS,
+            divergence="jsd",
+            beta=0.5,
+            replay_temperature=0.25,
         )
     )
     """The OPSD run (method "opsd"). Its teacher is the base reading the context, also when
@@ -117,7 +122,11 @@ class SleepConfig:
     (forward KL 91-100%) and lost 0.7-2.2 points of sampled arith, where forward KL lost
     0.4-3.7 (more than the guard's 2 at two orgs), so the gate promoted 3 of 4 against 2.
     The lost sums are answered in the knowledge replies' form (`7 - 2: white.`)
-    (docs/results.md, session 14)."""
+    (docs/results.md, session 14). The replay probes' teacher is sharpened to temperature
+    0.25: at orgs 68 and 69 the student then recalled 97% and 80% of the teacher (91% and
+    68% at temperature 1) and gained 3.1 and 7.5 points of sampled arith and 9.8 and 7.0
+    of sampled shop, where temperature 1 lost 1.8 and 3.0 of arith and 0.5 and 0.4 of
+    shop (docs/results.md, session 20)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """The SFT run (methods "sft_transcript" and "sft_teacher")."""
     gate: GateConfig = field(default_factory=GateConfig)

@@ -248,10 +248,6 @@ class OPSDConfig(UpdateConfig):
         return {
             **super().problems(),
             "samples_per_probe": (self.samples_per_probe < 1, "> 0"),
-            "replay_temperature": (
-                not self.replay_temperature > 0,
-                "> 0 (1: the teacher as it is)",
-            ),
             "max_new_tokens": (self.max_new_tokens < 1, "> 0"),
             "temperature": (not self.temperature > 0, "> 0 (the student must sample)"),
             "divergence": (self.divergence not in DIVERGENCES, " or ".join(DIVERGENCES)),
@@ -270,6 +266,10 @@ class OPSDConfig(UpdateConfig):
             "on_policy": (
                 not 0 <= self.on_policy <= 1,
                 "in [0, 1] (1: the student's samples only)",
+            ),
+            "replay_temperature": (
+                not self.replay_temperature > 0,
+                "> 0 (1: the teacher as it is)",
             ),
         }
 

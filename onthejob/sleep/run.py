@@ -126,7 +126,9 @@ class SleepConfig:
     0.25: at orgs 68 and 69 the student then recalled 97% and 80% of the teacher (91% and
     68% at temperature 1) and gained 3.1 and 7.5 points of sampled arith and 9.8 and 7.0
     of sampled shop, where temperature 1 lost 1.8 and 3.0 of arith and 0.5 and 0.4 of
-    shop (docs/results.md, session 20)."""
+    shop. At fresh orgs 72-75 every candidate gained 6-9 points of both and was
+    promoted; at 73 and 74 temperature 1 recalled more (81% and 79% against 70% and 71%)
+    and was rejected both times (docs/results.md, session 20)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """The SFT run (methods "sft_transcript" and "sft_teacher")."""
     gate: GateConfig = field(default_factory=GateConfig)

@@ -568,7 +568,12 @@ def _sleep_config(args: argparse.Namespace) -> SleepConfig:
     guard_envs = tuple(e.strip() for e in args.guard_envs.split(",") if e.strip())
     return SleepConfig(
         method=args.method,
-        plan=PlanConfig(hindsight=args.hindsight, context_scope=args.context, seed=args.seed),
+        plan=PlanConfig(
+            hindsight=args.hindsight,
+            context_scope=args.context,
+            openers=base.plan.openers if args.openers is None else tuple(args.openers),
+            seed=args.seed,
+        ),
         opsd=replace(
             base.opsd,
             **train,
@@ -779,6 +784,13 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         choices=("document", "all"),
         default="document",
         help="teacher context: the document holding the item, or every note",
+    )
+    p.add_argument(
+        "--openers",
+        nargs="*",
+        metavar="OPENER",
+        help='ask every knowledge probe again behind each opener ("hi!" "quick question:");'
+        " the flag alone: none",
     )
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--tokens", type=int, help="token budget: stop once this many are trained on")

@@ -413,6 +413,26 @@ def test_probes_real_questions_variations_and_self_study(filled: Filled) -> None
     ]
 
 
+def test_openers_ask_every_probe_again_and_leave_the_targets_plain(filled: Filled) -> None:
+    experience = experience_of(filled, tenant=ORG_A.tenant, thumbs="up", until=filled.split_at)
+    plain = plan_sleep(experience, PlanConfig(openers=()))
+    opened = plan_sleep(experience, PlanConfig(openers=("hi!", "quick question:")))
+    assert opened.targets == plain.targets
+    assert opened.probes[: len(plain.probes)] == plain.probes
+    extra = opened.probes[len(plain.probes) :]
+    assert [p.text for p in extra] == [
+        f"{opener} {p.text}" for opener in ("hi!", "quick question:") for p in plain.probes
+    ]
+    for probe, asked in zip(extra, plain.probes + plain.probes, strict=True):
+        assert (probe.kind, probe.answer, probe.context) == ("opener", asked.answer, asked.context)
+    assert opened.count("opener") == 2 * len(plain.probes)
+    assert not {p.text for p in opened.probes} & {t.text for t in opened.targets}
+    with pytest.raises(SleepError, match="openers must be distinct words"):
+        PlanConfig(openers=("hi!", " "))
+    with pytest.raises(SleepError, match="openers must be distinct words"):
+        PlanConfig(openers=("hi!", "hi!"))
+
+
 def test_targets_are_held_out_phrasings_with_the_documents_answers(filled: Filled) -> None:
     doc = ORG_A.knowledge_at(0).documents[0]
     experience = experience_of(filled, tenant=ORG_A.tenant, thumbs="up", until=filled.split_at)
@@ -645,6 +665,18 @@ def test_the_replay_flag_takes_counts_by_env_or_a_number(flag: str | None, repla
         ["--replay", flag] if flag else []
     )
     assert _sleep_config(build_parser().parse_args(argv)).replay == replay
+
+
+def test_the_openers_flag_names_them_and_alone_turns_them_off() -> None:
+    from onthejob.cli import _sleep_config, build_parser
+
+    def openers(*flag: str) -> tuple[str, ...]:
+        args = build_parser().parse_args(["sleep", "--org", "3", *flag])
+        return _sleep_config(args).plan.openers
+
+    assert openers() == SleepConfig().plan.openers
+    assert openers("--openers", "hi!", "hey team,") == ("hi!", "hey team,")
+    assert openers("--openers") == ()
 
 
 def test_replay_probes_cut_a_multi_turn_episode_before_any_expert_reply() -> None:

@@ -3,8 +3,9 @@ context its teacher reads.
 
 Covers: `plan_sleep(experience)`, a `Plan` of
 - probes: the users' real questions; variations of them (every other phrasing
-  `knowledge.questions_about` has for the same item and answer); and self-study questions
-  about every item the pasted documents and corrections state;
+  `knowledge.questions_about` has for the same item and answer); self-study questions
+  about every item the pasted documents and corrections state; and, with `openers`, each
+  of those again behind a word a user may open with ("hi! who owns auth?");
 - targets: for every item of the selected knowledge and every answer it gives, one
   phrasing no probe uses (a ticket convention: a ticket number no probe uses), with the
   answer of the newest note that states the item;
@@ -58,6 +59,11 @@ CONTEXT_SCOPES = ("document", "all")
 """What a probe's teacher reads: the notes about its item, or every note."""
 TICKET_NUMBERS = 3
 """Ticket numbers self-study asks about for each convention (one more is held out)."""
+OPENERS = ("quick question:", "hi!", "hey team,")
+"""Words a user may open a question with; `PlanConfig.openers` asks every probe again after
+each. The default model's teacher reads its context as well behind them (89, 96, 94 and 96
+of 151 questions right at org 69, plain and behind each); behind a closing word ("...
+thanks.") it fell to 43."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,10 @@ class PlanConfig:
     """Practise the other phrasings of each real question (same item, same answer)."""
     self_study: bool = True
     """Practise questions about every item of the notes, not only the ones asked."""
+    openers: tuple[str, ...] = ()
+    """Ask every knowledge probe again behind each of these openers ("hi! who owns auth?"),
+    so what the student learns is keyed on the item rather than on the exact wording of the
+    phrasings it practised; the held-out targets stay plain. () : the probes as asked."""
     seed: int = 0
     """Seed of the held-out phrasings and of the ticket numbers asked about."""
 
@@ -80,6 +90,11 @@ class PlanConfig:
             raise SleepError(
                 f"context_scope must be one of {', '.join(CONTEXT_SCOPES)},"
                 f" got {self.context_scope!r}"
+            )
+        blank = [opener for opener in self.openers if not opener.strip()]
+        if blank or len(set(self.openers)) < len(self.openers):
+            raise SleepError(
+                f"openers must be distinct words to open a question with, got {list(self.openers)}"
             )
 
 
@@ -95,7 +110,8 @@ class SleepQuestion:
     context: str
     """The teacher context: note lines (and with hindsight evaluation lines), one per line."""
     kind: str
-    """"question" (a user's), "variation", "self_study", or "held_out" (a gate target)."""
+    """"question" (a user's), "variation", "self_study", "opener" (one of those behind an
+    opener), or "held_out" (a gate target)."""
 
     @property
     def student_messages(self) -> tuple[dict[str, str], ...]:
@@ -113,7 +129,8 @@ class Plan:
     """What one sleep practises (probes) and is judged on (targets)."""
 
     probes: tuple[SleepQuestion, ...]
-    """Practice questions, each text once: real questions, variations, self-study."""
+    """Practice questions, each text once: real questions, variations, self-study, then
+    each of them behind each opener."""
     targets: tuple[SleepQuestion, ...]
     """Held-out phrasings about every item of the selected knowledge, with answers."""
     knowledge: dict[Key, Item] = field(default_factory=dict)
@@ -122,7 +139,7 @@ class Plan:
     """Real questions left out: nothing in any teacher context is about them."""
 
     def count(self, kind: str) -> int:
-        """Probes of one kind ("question", "variation" or "self_study")."""
+        """Probes of one kind ("question", "variation", "self_study" or "opener")."""
         return sum(probe.kind == kind for probe in self.probes)
 
 
@@ -269,6 +286,12 @@ def plan_sleep(experience: Experience, config: PlanConfig | None = None) -> Plan
                     probes[asked.text] = SleepQuestion(
                         asked.text, asked.answer, contexts[key], "self_study"
                     )
+    asked_plain = list(probes.values())
+    for opener in config.openers:
+        for probe in asked_plain:
+            text = f"{opener} {probe.text}"
+            if text not in probes:
+                probes[text] = SleepQuestion(text, probe.answer, probe.context, "opener")
     return Plan(
         probes=tuple(probes.values()),
         targets=tuple(held_out.values()),

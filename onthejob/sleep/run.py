@@ -318,7 +318,9 @@ def sleep(
         "selection": asdict(policy),
         "sessions": len(selected),
         "plan": asdict(config.plan),
-        "probes": {kind: plan.count(kind) for kind in ("question", "variation", "self_study")},
+        "probes": {
+            kind: plan.count(kind) for kind in ("question", "variation", "self_study", "opener")
+        },
         **({"opsd": asdict(config.opsd)} if config.method == "opsd" else {}),
         **({"sft": asdict(config.sft)} if config.method.startswith("sft") else {}),
         "gate": asdict(config.gate),

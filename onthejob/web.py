@@ -1,17 +1,19 @@
 """Running a FastAPI app on 127.0.0.1: the one place that binds a socket and starts uvicorn.
 
 Covers: `bind` (a TCP socket bound before uvicorn gets it, so port 0 takes a free port
-that no other process can grab in between) and `app_in_thread` (serve an app from a
-background thread for tests and in-process use; yields the base URL, stops on exit).
+that no other process can grab in between), `serve_foreground` (serve until SIGINT or
+SIGTERM, then return, so the caller closes what it opened) and `app_in_thread` (serve an
+app from a background thread for tests and in-process use; yields the base URL, stops on
+exit).
 The environment adapter (`onthejob.envs.http`), the chat server (`onthejob.serve`) and
 the live shop (`onthejob.world.service`) all run through here.
 
-Not covered: the apps themselves, and serving in the foreground of a process (each
-command calls `uvicorn.Server.run` with a socket from `bind`).
+Not covered: the apps themselves.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -30,6 +32,31 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
+
+
+def serve_foreground(app: Any, sock: socket.socket, lifespan: Literal["auto", "on", "off"]) -> None:
+    """Serve `app` on a bound socket in this (main) thread until SIGINT or SIGTERM.
+
+    After a SIGTERM it returns normally. uvicorn shuts down gracefully on the signal and
+    then raises it again, which under SIGTERM's default action ends the process before
+    the caller's `finally` and `with` blocks run (the live shop's SQLite file was left
+    with its -wal and -shm files). So while it serves, SIGTERM's handler only asks the
+    server to stop; the previous handler comes back on return. SIGINT still ends in
+    KeyboardInterrupt, which unwinds through the caller's blocks as well.
+    """
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

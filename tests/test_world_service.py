@@ -412,6 +412,11 @@ def test_a_real_process_keeps_its_state_across_a_kill_and_restart(tmp_path: Path
     finally:
         process.terminate()
         process.wait(10)
+    # SIGTERM is a clean stop: the process closes its databases and exits 0, so SQLite
+    # folds its write-ahead logs back into the files and removes them
+    assert process.returncode == 0, process.communicate()[1][-500:]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(("-wal", "-shm"))]
+    assert leftovers == []
     if store_args:
         from onthejob.store import Store
 

@@ -61,7 +61,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -88,7 +87,7 @@ from onthejob.serve.protocol import (
     error_body,
 )
 from onthejob.store import Session, Store, StoreError, Turn
-from onthejob.web import app_in_thread
+from onthejob.web import app_in_thread, serve_foreground
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_TENANT = "default"
@@ -428,9 +427,9 @@ def create_app(
 
 
 def serve(app: FastAPI, sock: socket.socket) -> None:
-    """Serve `app` on a bound socket until interrupted (blocking)."""
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    server.run(sockets=[sock])
+    """Serve `app` on a bound socket until SIGINT or SIGTERM (blocking); its lifespan
+    closes the engine and the store on the way out."""
+    serve_foreground(app, sock, lifespan="auto")
 
 
 @contextmanager

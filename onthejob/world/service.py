@@ -56,7 +56,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -73,7 +72,7 @@ from onthejob.envs.shop import (
     results_page,
     search_words,
 )
-from onthejob.web import app_in_thread, bind
+from onthejob.web import app_in_thread, bind, serve_foreground
 from onthejob.world.supplier import (
     SupplierConfig,
     layout_of_week,
@@ -904,11 +903,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"live shop: {error}") from None
     sock = bind("127.0.0.1", args.port)
     print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(make_app(shop), log_level="warning", lifespan="off"))
     try:
-        server.run(sockets=[sock])
+        serve_foreground(make_app(shop), sock, lifespan="off")
     finally:
         shop.close()
+        if store is not None:
+            store.close()
         sock.close()
 
 

@@ -792,8 +792,12 @@ def _add_sleep_flags(p: argparse.ArgumentParser) -> None:
         help='ask every knowledge probe again behind each opener ("hi!" "quick question:");'
         " the flag alone: none",
     )
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--tokens", type=int, help="token budget: stop once this many are trained on")
+    p.add_argument("--steps", type=int, help="most training steps (default 4000)")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        help="token budget: stop once this many are trained on (default 192000, every method)",
+    )
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument(
         "--update-share",

@@ -52,7 +52,7 @@ from onthejob.sleep import (
 from onthejob.sleep import run as sleep_run
 from onthejob.sleep.gate import lineage_guard, no_context_recall
 from onthejob.sleep.plan import SleepQuestion, replay_probes, spread
-from onthejob.sleep.run import REPLAY, load_version
+from onthejob.sleep.run import REPLAY, SLEEP_TOKENS, load_version
 from onthejob.store import NewTurn, Store
 from onthejob.train.opsd import OPSDConfig, probe_prompts, teacher_messages
 from onthejob.train.sft import SFTConfig, SFTExample, sft
@@ -351,7 +351,7 @@ def test_hindsight_puts_the_evaluation_in_the_teacher_context(filled: Filled) ->
     assert experience.notes == ()  # nothing pasted, nothing corrected
     without = plan_sleep(experience)
     assert without.probes == () and without.skipped == (filled.down_question,)
-    with_hindsight = plan_sleep(experience, PlanConfig(hindsight=True))
+    with_hindsight = plan_sleep(experience, PlanConfig(hindsight=True, openers=()))
     (probe,) = with_hindsight.probes
     assert probe.text == filled.down_question and probe.kind == "question"
     assert probe.answer is None  # no note states it: only the critique does
@@ -378,7 +378,7 @@ def test_hindsight_puts_the_evaluation_in_the_teacher_context(filled: Filled) ->
 def test_probes_real_questions_variations_and_self_study(filled: Filled) -> None:
     doc = ORG_A.knowledge_at(0).documents[0]
     experience = experience_of(filled, tenant=ORG_A.tenant, thumbs="up", until=filled.split_at)
-    plan = plan_sleep(experience)
+    plan = plan_sleep(experience, PlanConfig(openers=()))  # openers: their own test
     by_text = {p.text: p for p in plan.probes}
     assert len(by_text) == len(plan.probes)  # each question once
     for real in (filled.pasted_question, filled.corrected_question):
@@ -406,7 +406,7 @@ def test_probes_real_questions_variations_and_self_study(filled: Filled) -> None
         )
     assert plan.count("question") == 2
     assert plan.count("self_study") > 0 and plan.count("variation") > 0
-    only_asked = plan_sleep(experience, PlanConfig(self_study=False, variations=False))
+    only_asked = plan_sleep(experience, PlanConfig(self_study=False, variations=False, openers=()))
     assert [p.text for p in only_asked.probes] == [
         filled.pasted_question,
         filled.corrected_question,
@@ -665,6 +665,17 @@ def test_the_replay_flag_takes_counts_by_env_or_a_number(flag: str | None, repla
         ["--replay", flag] if flag else []
     )
     assert _sleep_config(build_parser().parse_args(argv)).replay == replay
+
+
+def test_every_method_trains_on_the_same_token_budget_by_default() -> None:
+    from onthejob.cli import _sleep_config, build_parser
+
+    config = SleepConfig()
+    assert config.opsd.token_budget == config.sft.token_budget == SLEEP_TOKENS
+    assert config.opsd.steps == config.sft.steps  # a cap the budget reaches first
+    args = build_parser().parse_args(["sleep", "--org", "3", "--tokens", "5000"])
+    flagged = _sleep_config(args)
+    assert flagged.opsd.token_budget == flagged.sft.token_budget == 5000
 
 
 def test_the_openers_flag_names_them_and_alone_turns_them_off() -> None:

@@ -35,6 +35,12 @@ Design decisions:
   them at once. Measured on the session-3 default, every document of org 1 (org 2) pasted:
   with-context accuracy on the targets 0.21 (0.17) per document against 0.10 (0.15) with
   every note.
+- Openers by default: the student fits the phrasings it practises and misses held-out
+  ones, so each probe is asked again behind a few words a user may open with, and the
+  answer gets keyed on the item, not on the wording. This is a light form of the
+  knowledge augmentation Allen-Zhu and Li (Physics of Language Models 3.1) found needed
+  for stored knowledge to be extractable by new questions; they rewrite the stored text,
+  this rewrites the question only, with words the default model reads past.
 - A question is practised at most once per plan (a real question, then a variation, then
   self-study): the trainers draw probes epoch by epoch, so a repeat would only weigh it more.
 - Targets never include a user's own question: the gate asks what the student was not
@@ -78,10 +84,15 @@ class PlanConfig:
     """Practise the other phrasings of each real question (same item, same answer)."""
     self_study: bool = True
     """Practise questions about every item of the notes, not only the ones asked."""
-    openers: tuple[str, ...] = ()
+    openers: tuple[str, ...] = OPENERS
     """Ask every knowledge probe again behind each of these openers ("hi! who owns auth?"),
     so what the student learns is keyed on the item rather than on the exact wording of the
-    phrasings it practised; the held-out targets stay plain. () : the probes as asked."""
+    phrasings it practised; the held-out targets stay plain (() : the probes as asked).
+    Without them the student answers the phrasings it practised and misses held-out ones:
+    at org 69 it answered 61 of the 63 probes its teacher answers, yet 5 of its 6 misses
+    among the targets were items whose every practised phrasing it got right. At fresh
+    orgs 76-79 (192k tokens) OPSD recalled 92-97% of the teacher with them (mean 94%)
+    against 79-96% without (mean 90%) (docs/results.md, session 21)."""
     seed: int = 0
     """Seed of the held-out phrasings and of the ticket numbers asked about."""
 

@@ -81,6 +81,13 @@ SAMPLE_TOKENS = MAX_NEW_TOKENS["arith"]
 answer to a question stops far sooner, a replay probe's worked arithmetic needs up to 68
 at level 1. At 48 (`prompts.ANSWER_TOKENS`) the cut solutions cost a sleep at org 36 6.2
 points of arith where 144 cost 3.5, and it recalled 0.477 where 144 recalled 0.523."""
+SLEEP_TOKENS = 192_000
+"""Tokens a sleep trains on by default, whatever its method (the budget the baselines are
+compared at); each method's steps (4,000) are only a cap. A week's OPSD sleep takes about
+1,700 steps to spend it. At four fresh orgs (76-79, session 21) OPSD then recalled
+92-97% of what its teacher gets right (79-96% without the plan's openers); at 96k tokens,
+at orgs 72-75 (session 20), 70-103%, 81% on the mean (docs/results.md). Earlier defaults stopped at about 95k tokens because arithmetic fell
+with more steps; with the sharpened replay teacher the guard gains instead."""
 GUARD_SAMPLES = {"arith": 64, "shop": 8}
 """Sampled plays per task of the guard envs that are not played greedily, by default."""
 REPLAY = {"arith": 16, "program": 16, "shop": 64}
@@ -104,7 +111,8 @@ class SleepConfig:
     opsd: OPSDConfig = field(
         default_factory=lambda: OPSDConfig(
             teacher="base",
-            steps=800,
+            steps=4000,
+            token_budget=SLEEP_TOKENS,
             max_new_tokens=SAMPLE_TOKENS,
             divergence="jsd",
             beta=0.5,
@@ -114,9 +122,9 @@ class SleepConfig:
     """The OPSD run (method "opsd"). Its teacher is the base reading the context, also when
     the tenant's adapter trains further: over four weeks at org 21 that gave two promotions
     and recall 0.28 of everything taught, against one and 0.16 with the parent as teacher.
-    800 steps (about 95k tokens of a week's probes): at held-out orgs 32 and 33 the student
-    recalled 89% and 100% of what its teacher gets right, against 69% and 85% at 400 steps
-    and about half that at 100; 1,600 lost 4 points of arithmetic (docs/results.md).
+    SLEEP_TOKENS of training (about 1,700 steps of a week's probes; earlier, 800 steps:
+    at held-out orgs 32 and 33 the student recalled 89% and 100% of what its teacher gets
+    right, against 69% and 85% at 400 steps and about half that at 100).
     Samples may run to SAMPLE_TOKENS, so a replay probe's counting is not cut short.
     JSD(0.5), not forward KL: at held-out orgs 40-43 it recalled 89-104% of the teacher
     (forward KL 91-100%) and lost 0.7-2.2 points of sampled arith, where forward KL lost
@@ -129,8 +137,8 @@ class SleepConfig:
     shop. At fresh orgs 72-75 every candidate gained 6-9 points of both and was
     promoted; at 73 and 74 temperature 1 recalled more (81% and 79% against 70% and 71%)
     and was rejected both times (docs/results.md, session 20)."""
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    """The SFT run (methods "sft_transcript" and "sft_teacher")."""
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=4000, token_budget=SLEEP_TOKENS))
+    """The SFT run (methods "sft_transcript" and "sft_teacher"), on OPSD's token budget."""
     gate: GateConfig = field(default_factory=GateConfig)
     """When the candidate is promoted."""
     guard_envs: tuple[str, ...] = ("arith", "program", "shop")

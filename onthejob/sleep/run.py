@@ -85,9 +85,10 @@ SLEEP_TOKENS = 192_000
 """Tokens a sleep trains on by default, whatever its method (the budget the baselines are
 compared at); each method's steps (4,000) are only a cap. A week's OPSD sleep takes about
 1,700 steps to spend it. At four fresh orgs (76-79, session 21) OPSD then recalled
-92-97% of what its teacher gets right (79-96% without the plan's openers); at 96k tokens,
-at orgs 72-75 (session 20), 70-103%, 81% on the mean (docs/results.md). Earlier defaults stopped at about 95k tokens because arithmetic fell
-with more steps; with the sharpened replay teacher the guard gains instead."""
+92-97% of what its teacher gets right (79-96% without the plan's openers); at 96k
+tokens, at orgs 72-75 (session 20), 70-103%, 81% on the mean (docs/results.md). Earlier
+defaults stopped at about 95k tokens because arithmetic fell with more steps; with the
+sharpened replay teacher the guard gains instead."""
 GUARD_SAMPLES = {"arith": 64, "shop": 8}
 """Sampled plays per task of the guard envs that are not played greedily, by default."""
 REPLAY = {"arith": 16, "program": 16, "shop": 64}

@@ -1,6 +1,12 @@
-"""The HTTP adapter: a real uvicorn server in a thread, HTTPEnv against local episodes, bad requests."""
+"""The HTTP adapter: a real uvicorn server in a thread and in its own process, HTTPEnv against
+local episodes, bad requests."""
 
 from __future__ import annotations
+
+import select
+import subprocess
+import sys
+import time
 
 import httpx
 import pytest
@@ -121,3 +127,44 @@ def test_unreachable_server_is_a_clear_error() -> None:
         pass  # the server is stopped when the block ends
     with pytest.raises(ConnectionError, match="unreachable"):
         HTTPEnv(url, timeout=2.0)
+
+
+def test_the_module_serves_an_env_in_its_own_process_and_stops_cleanly_on_sigterm() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onthejob.envs.http",
+            "arith",
+            "--port",
+            "0",
+            "--set",
+            "difficulty=2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        url = process.stdout.readline().strip() if ready else ""
+        assert url.startswith("http://127.0.0.1:"), process.stderr
+        deadline = time.monotonic() + 30
+        while True:  # the port is bound before the URL is printed; wait for the app
+            try:
+                with HTTPEnv(url) as env:
+                    task = make_tasks("arith", "train", 1, seed=3, difficulty=2)[0]
+                    assert (
+                        env.reset(task=task)[0]
+                        == make_env("arith", difficulty=2).reset(task=task)[0]
+                    )
+                break
+            except ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert process.returncode == 0, process.communicate()[1][-500:]

@@ -26,14 +26,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from onthejob.envs.base import Env, NotSupported, Task
-from onthejob.web import app_in_thread
+from onthejob.web import app_in_thread, bind, serve_foreground
 
 
 class ResetRequest(BaseModel):
@@ -133,8 +132,11 @@ def make_app(env: Env) -> FastAPI:
 
 
 def serve(env: Env, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve `env` until interrupted (blocking)."""
-    uvicorn.run(make_app(env), host=host, port=port, log_level="warning")
+    """Serve `env` until SIGINT or SIGTERM (blocking; after a SIGTERM it returns normally).
+    Prints the base URL once the port is bound (port 0 takes a free one)."""
+    sock = bind(host, port)
+    print(f"http://{host}:{sock.getsockname()[1]}", flush=True)
+    serve_foreground(make_app(env), sock, lifespan="off")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="serve one env over HTTP on 127.0.0.1")
     parser.add_argument("name", help="registered env name, e.g. arith, program, shop")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="0: a free port")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config field"
     )

@@ -149,7 +149,9 @@ def test_the_module_serves_an_env_in_its_own_process_and_stops_cleanly_on_sigter
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], 60)
         url = process.stdout.readline().strip() if ready else ""
-        assert url.startswith("http://127.0.0.1:"), process.stderr
+        if not url.startswith("http://127.0.0.1:"):
+            process.kill()
+            raise AssertionError(f"no URL: {url!r} {process.communicate()[1][-500:]}")
         deadline = time.monotonic() + 30
         while True:  # the port is bound before the URL is printed; wait for the app
             try:

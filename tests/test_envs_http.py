@@ -3,16 +3,12 @@ local episodes, bad requests."""
 
 from __future__ import annotations
 
-import select
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
 from onthejob.envs import NotSupported, Task, make_env, make_tasks
 from onthejob.envs.http import HTTPEnv, serve_in_thread
+from tests.process_support import start_module
 from tests.test_envs import play_script, scripted_episode
 
 
@@ -130,42 +126,12 @@ def test_unreachable_server_is_a_clear_error() -> None:
 
 
 def test_the_module_serves_an_env_in_its_own_process_and_stops_cleanly_on_sigterm() -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onthejob.envs.http",
-            "arith",
-            "--port",
-            "0",
-            "--set",
-            "difficulty=2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    args = ("arith", "--port", "0", "--set", "difficulty=2")
+    process, url = start_module("onthejob.envs.http", *args, ready_path="/metadata")
     try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 60)
-        url = process.stdout.readline().strip() if ready else ""
-        if not url.startswith("http://127.0.0.1:"):
-            process.kill()
-            raise AssertionError(f"no URL: {url!r} {process.communicate()[1][-500:]}")
-        deadline = time.monotonic() + 30
-        while True:  # the port is bound before the URL is printed; wait for the app
-            try:
-                with HTTPEnv(url) as env:
-                    task = make_tasks("arith", "train", 1, seed=3, difficulty=2)[0]
-                    assert (
-                        env.reset(task=task)[0]
-                        == make_env("arith", difficulty=2).reset(task=task)[0]
-                    )
-                break
-            except ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        with HTTPEnv(url) as env:
+            task = make_tasks("arith", "train", 1, seed=3, difficulty=2)[0]
+            assert env.reset(task=task)[0] == make_env("arith", difficulty=2).reset(task=task)[0]
     finally:
         process.terminate()
         process.wait(30)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import select
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +27,7 @@ from onthejob.world.service import (
     serve_in_thread,
 )
 from onthejob.world.supplier import DAYS_PER_WEEK, make_catalogue, next_restock
+from tests.process_support import start_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -358,30 +355,9 @@ def test_http_429_then_403_with_retry_after(tmp_path: Path, clock: Clock) -> Non
 
 
 def start(db: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "onthejob.world.service", "--db", str(db), "--port", "0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    return start_module(
+        "onthejob.world.service", "--db", str(db), "--port", "0", *args, ready_path="/health"
     )
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], 60)
-    line = process.stdout.readline().strip() if ready else ""
-    if not line.startswith("http://127.0.0.1:"):
-        process.kill()
-        raise AssertionError(f"service did not start: {line!r} {process.communicate()[1][-500:]}")
-    deadline = time.monotonic() + 30
-    while True:  # the port is bound before the URL is printed; wait for the app to answer
-        try:
-            httpx.get(f"{line}/health", timeout=5).raise_for_status()
-            return process, line
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.05)
 
 
 def test_a_real_process_keeps_its_state_across_a_kill_and_restart(tmp_path: Path) -> None:

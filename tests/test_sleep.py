@@ -532,6 +532,32 @@ def test_sampled_guard_is_the_mean_over_seeded_plays_of_each_task(monkeypatch) -
     with pytest.raises(ValueError, match="samples must be at least 1"):
         evals.env_success(None, None, "arith", n=5, samples=0)  # type: ignore[arg-type]
 
+    calls.clear()  # in chunks: play i keeps env seed EVAL_SEED + i, each chunk its own draws
+    rate, _ = evals.env_success(None, None, "arith", n=5, samples=8, chunk=16)  # type: ignore[arg-type]
+    assert [len(c[0]) for c in calls] == [16, 16, 8] and rate == (4 + 4 + 2) / 40
+    assert [c[2] for c in calls] == [evals.EVAL_SEED + start for start in (0, 16, 32)]
+    assert [c[1].seed for c in calls] == [evals.EVAL_SEED + 104_729 * k for k in range(3)]
+    assert [t for c in calls for t in c[0]] == tasks * 8
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        evals.env_success(None, None, "arith", n=5, chunk=0)  # type: ignore[arg-type]
+
+
+def test_greedy_plays_do_not_depend_on_the_chunk(tiny_model, tokenizer, monkeypatch) -> None:
+    from onthejob import evals
+
+    real, played = evals.run_episodes, []
+
+    def recording_run_episodes(*args, **kwargs):  # type: ignore[no-untyped-def]
+        trajectories = real(*args, **kwargs)
+        played.extend((t.task_id, t.token_ids) for t in trajectories)
+        return trajectories
+
+    monkeypatch.setattr(evals, "run_episodes", recording_run_episodes)
+    whole = evals.env_success(tiny_model, tokenizer, "arith", n=6)
+    whole_plays, played[:] = list(played), []
+    assert evals.env_success(tiny_model, tokenizer, "arith", n=6, chunk=4) == whole
+    assert played == whole_plays and len(played) == 6
+
 
 def test_cli_guard_samples_parse_and_default_to_the_guard_envs() -> None:
     from onthejob.cli import _env_counts

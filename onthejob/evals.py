@@ -167,14 +167,13 @@ def env_success(
     plays = tasks * samples
     successes = 0
     for k, start in enumerate(range(0, len(plays), chunk)):
+        draws = sampling if sampling.seed is None else replace(sampling, seed=seed + 104_729 * k)
         trajectories = run_episodes(
             model,
             tokenizer,
             env_name,
             plays[start : start + chunk],
-            sampling
-            if sampling.seed is None
-            else replace(sampling, seed=sampling.seed + 104_729 * k),
+            draws,
             max_turns=MAX_TURNS[env_name],
             env_config={"difficulty": difficulty},
             seed=seed + start,  # play i resets its env with seed + i, whatever the chunk

@@ -64,6 +64,18 @@ def serve_foreground(app: Any, sock: socket.socket, lifespan: Literal["auto", "o
         signal.signal(signal.SIGTERM, previous)
 
 
+def serve_announced(app: Any, host: str, port: int, lifespan: Literal["auto", "on", "off"]) -> None:
+    """Bind (host, port), print the base URL as one line (what a launcher waits for; port 0
+    takes a free port), then `serve_foreground` until SIGINT or SIGTERM; the socket is
+    closed on the way out."""
+    sock = bind(host, port)
+    try:
+        print(f"http://{host}:{sock.getsockname()[1]}", flush=True)
+        serve_foreground(app, sock, lifespan=lifespan)
+    finally:
+        sock.close()
+
+
 @contextmanager
 def app_in_thread(
     app: Any,

@@ -29,8 +29,6 @@ from onthejob.world.service import (
 from onthejob.world.supplier import DAYS_PER_WEEK, make_catalogue, next_restock
 from tests.process_support import start_module
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 class Clock:
     """Wall time that moves only when a test says so."""

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from onthejob.envs.base import Env, NotSupported, Task
-from onthejob.web import app_in_thread, bind, serve_foreground
+from onthejob.web import app_in_thread, serve_announced
 
 
 class ResetRequest(BaseModel):
@@ -134,9 +134,7 @@ def make_app(env: Env) -> FastAPI:
 def serve(env: Env, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve `env` until SIGINT or SIGTERM (blocking; after a SIGTERM it returns normally).
     Prints the base URL once the port is bound (port 0 takes a free one)."""
-    sock = bind(host, port)
-    print(f"http://{host}:{sock.getsockname()[1]}", flush=True)
-    serve_foreground(make_app(env), sock, lifespan="off")
+    serve_announced(make_app(env), host, port, lifespan="off")
 
 
 def main(argv: list[str] | None = None) -> None:

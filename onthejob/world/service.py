@@ -72,7 +72,7 @@ from onthejob.envs.shop import (
     results_page,
     search_words,
 )
-from onthejob.web import app_in_thread, bind, serve_foreground
+from onthejob.web import app_in_thread, serve_announced
 from onthejob.world.supplier import (
     SupplierConfig,
     layout_of_week,
@@ -901,15 +901,12 @@ def main(argv: list[str] | None = None) -> None:
         shop = LiveShop(args.db, args.seed, supplier, config, store)
     except (ValueError, TypeError, OSError, sqlite3.Error) as error:
         raise SystemExit(f"live shop: {error}") from None
-    sock = bind("127.0.0.1", args.port)
-    print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     try:
-        serve_foreground(make_app(shop), sock, lifespan="off")
+        serve_announced(make_app(shop), "127.0.0.1", args.port, lifespan="off")
     finally:
         shop.close()
         if store is not None:
             store.close()
-        sock.close()
 
 
 if __name__ == "__main__":

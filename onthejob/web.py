@@ -67,8 +67,12 @@ def serve_foreground(app: Any, sock: socket.socket, lifespan: Literal["auto", "o
 def serve_announced(app: Any, host: str, port: int, lifespan: Literal["auto", "on", "off"]) -> None:
     """Bind (host, port), print the base URL as one line (what a launcher waits for; port 0
     takes a free port), then `serve_foreground` until SIGINT or SIGTERM; the socket is
-    closed on the way out."""
-    sock = bind(host, port)
+    closed on the way out. A port that cannot be bound (in use, not allowed) exits the
+    process with a one-line error: this is what a server's command line calls."""
+    try:
+        sock = bind(host, port)
+    except OSError as error:
+        raise SystemExit(f"cannot listen on {host}:{port}: {error}") from None
     try:
         print(f"http://{host}:{sock.getsockname()[1]}", flush=True)
         serve_foreground(app, sock, lifespan=lifespan)

@@ -3,11 +3,13 @@ local episodes, bad requests."""
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 
 from onthejob.envs import NotSupported, Task, make_env, make_tasks
-from onthejob.envs.http import HTTPEnv, serve_in_thread
+from onthejob.envs.http import HTTPEnv, main, serve_in_thread
 from tests.process_support import start_module
 from tests.test_envs import play_script, scripted_episode
 
@@ -136,3 +138,16 @@ def test_the_module_serves_an_env_in_its_own_process_and_stops_cleanly_on_sigter
         process.terminate()
         process.wait(30)
     assert process.returncode == 0, process.communicate()[1][-500:]
+
+
+def test_the_module_refuses_a_bad_env_or_a_busy_port_in_one_line() -> None:
+    with pytest.raises(SystemExit, match="env server: unknown env 'nope'; valid names"):
+        main(["nope"])
+    with pytest.raises(SystemExit, match="env server: unknown config .'colour'."):
+        main(["arith", "--set", "colour=1"])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port}: "):
+            main(["arith", "--port", str(port)])

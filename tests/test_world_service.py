@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -408,6 +409,12 @@ def test_the_command_refuses_another_seed_or_a_bad_setting(tmp_path: Path) -> No
     ):
         with pytest.raises(SystemExit, match=message):
             main(["--db", str(db), *args])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port}: "):
+            main(["--db", str(db), "--port", str(port)])
 
 
 # ---------------------------------------------------------------------- helpers

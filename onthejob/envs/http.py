@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> None:
             config[key] = json.loads(value)
         except ValueError:
             config[key] = value
-    serve(make_env(args.name, **config), port=args.port)
+    try:
+        env = make_env(args.name, **config)
+    except (ValueError, TypeError) as error:  # an unknown env, key or value
+        raise SystemExit(f"env server: {error}") from None
+    serve(env, port=args.port)
 
 
 @contextmanager

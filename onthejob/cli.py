@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -104,6 +105,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         print(f"pretrained model cached at {out} (use --force to retrain)")
         return 0
+    if _unwritable("pretrain", {"the folder of --out" if args.out else "the cache": out.parent}):
+        return 2
     started = time.time()
     path = pretrain(
         config,
@@ -152,6 +155,24 @@ def _bad_device(command: str, device: str) -> bool:
     return False
 
 
+def _unwritable(command: str, folders: dict[str, Path | None]) -> bool:
+    """Create each output folder (and its parents) before any work starts; True, after a
+    one-line error naming what it is for, when one cannot be created or written. Work that
+    ends in an unwritable path would be lost."""
+    for what, folder in folders.items():
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):  # a file is what will be written there
+                pass
+        except OSError as e:
+            reason = e.strerror or str(e)
+            print(f"onthejob {command}: cannot write {what} {folder}: {reason}", file=sys.stderr)
+            return True
+    return False
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -177,6 +198,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     if _bad_device("train", args.device):
         return 2
+    out_dir = Path(args.out) if args.out else None
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    folders = {"the folder of --out": out_dir and out_dir.parent, "--run-dir": run_dir}
+    if _unwritable("train", folders):
+        return 2
     if args.model:
         model_dir = Path(args.model)
     else:
@@ -191,8 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(
         config,
         model_dir,
-        out_dir=Path(args.out) if args.out else None,
-        run_dir=Path(args.run_dir) if args.run_dir else None,
+        out_dir=out_dir,
+        run_dir=run_dir,
         resume=args.resume,
         show_progress=not args.quiet,
         device=args.device,
@@ -246,6 +272,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if level is not None:
         print(f"onthejob eval: --difficulty: {level}", file=sys.stderr)
         return 2
+    json_path = Path(args.json) if args.json else None
+    if json_path is not None and json_path.is_dir():
+        print(f"onthejob eval: --json {json_path} is a folder; give a file name", file=sys.stderr)
+        return 2
+    if _unwritable("eval", {"the folder of --json": json_path and json_path.parent}):
+        return 2
     model_dir = Path(args.model) if args.model else default_model_dir()
     model, tokenizer = load_model(model_dir)
     n = args.n
@@ -288,7 +320,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table.add_row(name, f"{score:.3f}", note)
     Console().print(table)
     print(f"evaluated in {time.time() - started:.0f}s")
-    if args.json:
+    if json_path is not None:
         record = {
             "model": str(model_dir),
             "n": n,
@@ -296,7 +328,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "reading": asdict(reading),
             "copying": asdict(copying),
         }
-        Path(args.json).write_text(json.dumps(record, indent=2))
+        json_path.write_text(json.dumps(record, indent=2))
     return 0
 
 
@@ -411,6 +443,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_work(args: argparse.Namespace) -> int:
+    import httpx
+    import openai
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -444,6 +478,9 @@ def cmd_work(args: argparse.Namespace) -> int:
     model_dir = Path(args.model) if args.model else None
     if model_dir is not None and not model_dir.is_dir():
         print(f"onthejob work: model directory not found: {model_dir}", file=sys.stderr)
+        return 2
+    folders = {"--run-dir": run_dir, "the folder of --store": store.parent}
+    if _unwritable("work", {**folders, "the folder of --shop": shop.parent}):
         return 2
     if model_dir is None and args.server is None:
         promoted = Registry(registry).promoted(tenant) if registry.exists() else None
@@ -485,6 +522,13 @@ def cmd_work(args: argparse.Namespace) -> int:
             )
         except RuntimeError as e:
             print(f"onthejob work: {e}", file=sys.stderr)
+            return 1
+        except (httpx.HTTPError, openai.APIError) as e:  # the server, or the shop, failed
+            print(
+                f"onthejob work: a request failed ({' '.join(str(e).split())}); the sessions"
+                f" recorded so far are in {store}, the shop's state in {shop}",
+                file=sys.stderr,
+            )
             return 1
     first, last = report.days[0], report.days[-1]
     weeks = f"week {first.week}" + (f" to {last.week}" if last.week != first.week else "")
@@ -631,6 +675,9 @@ def cmd_sleep(args: argparse.Namespace) -> int:
     except (SleepError, ValueError) as e:
         print(f"onthejob sleep: {e}", file=sys.stderr)
         return 2
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if _unwritable("sleep", {"--run-dir": run_dir}):
+        return 2
     console = Console()
     _quiet_loading()
     started = time.time()
@@ -641,7 +688,7 @@ def cmd_sleep(args: argparse.Namespace) -> int:
                 Registry(Path(args.registry) if args.registry else default_registry_path()),
                 policy,
                 config,
-                run_dir=Path(args.run_dir) if args.run_dir else None,
+                run_dir=run_dir,
                 model_dir=Path(args.model) if args.model else None,
                 show_progress=not args.quiet,
                 log=lambda line: console.print(f"[dim]{line}[/dim]") if not args.quiet else None,
@@ -872,6 +919,8 @@ def cmd_weeks(args: argparse.Namespace) -> int:
         print(f"onthejob weeks: {e}", file=sys.stderr)
         return 2
     if args.compare:
+        if _unwritable("weeks", {"the folder of --out": Path(args.out).parent}):
+            return 2
         try:
             rows = compare([Path(d) for d in args.compare], Path(args.out))
         except ValueError as e:
@@ -899,6 +948,8 @@ def cmd_weeks(args: argparse.Namespace) -> int:
             " pick another --run-dir",
             file=sys.stderr,
         )
+        return 2
+    if _unwritable("weeks", {"--run-dir": run_dir}):
         return 2
     console = Console()
     _quiet_loading()

@@ -163,6 +163,43 @@ def test_bad_numbers_in_flags_are_one_line_errors(argv, message, tmp_path, monke
     assert list(tmp_path.iterdir()) == []  # nothing was started or written
 
 
+@pytest.mark.parametrize(
+    "argv,what",
+    [
+        (["pretrain", "--tiny", "--out", "{blocked}/model"], "the folder of --out"),
+        (["train", "--out", "{blocked}/model"], "the folder of --out"),
+        (["train", "--run-dir", "{blocked}/run"], "--run-dir"),
+        (["eval", "--json", "{blocked}/scores.json"], "the folder of --json"),
+        (["work", "--org", "1", "--run-dir", "{blocked}/run"], "--run-dir"),
+        (["weeks", "--org", "1", "--run-dir", "{blocked}/run"], "--run-dir"),
+        (["weeks", "--compare", "{home}", "--out", "{blocked}/f.png"], "the folder of --out"),
+    ],
+)  # fmt: skip
+def test_an_output_that_cannot_be_written_is_named_before_any_work(
+    argv, what, tmp_path, monkeypatch, capsys
+):
+    """A path under a file cannot be a folder: the command says so and starts nothing, rather
+    than failing at its end and losing the work."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("ONTHEJOB_HOME", str(home))  # no model here: none is loaded first
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert main([a.format(blocked=blocked, home=home) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"onthejob {argv[0]}: cannot write {what} {blocked}")
+    assert list(home.iterdir()) == []  # nothing was started or written
+
+
+def test_eval_json_that_is_a_folder_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ONTHEJOB_HOME", str(tmp_path))
+    assert main(["eval", "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"onthejob eval: --json {tmp_path} is a folder; give a file name\n"
+    )
+
+
 def test_pretrain_shape_flags_set_the_model_and_a_bad_shape_is_one_line(
     tmp_path, monkeypatch, capsys
 ):

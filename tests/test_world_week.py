@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from onthejob.store import Store
 from onthejob.world import OrgConfig, ServiceConfig
 from onthejob.world.users import TaskRecord, UsersConfig, evaluation_text, judge
 from onthejob.world.week import WeekConfig, run_week, week_service_config
+from tests.serve_support import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_ORG = OrgConfig(items=16, users=2, questions_per_day=2, orders_per_day=1)
@@ -296,3 +298,38 @@ def test_work_without_a_pretrained_model_is_a_one_line_error(tmp_path, monkeypat
     assert len(err.splitlines()) == 1 and err.strip().endswith("run `onthejob pretrain` first")
     assert main(["work", "--model", str(tmp_path / "absent")]) == 2
     assert "model directory not found" in capsys.readouterr().err
+
+
+def test_work_against_a_server_that_does_not_answer_is_a_one_line_error(
+    tmp_path, monkeypatch, capsys
+):
+    """--server is checked before the shop starts: no process, nothing written in the run."""
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("ONTHEJOB_HOME", str(tmp_path))
+    run_dir = tmp_path / "run"
+    url = f"http://127.0.0.1:{port}"
+    assert main(["work", "--org", "1", "--server", url, "--run-dir", str(run_dir), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"onthejob work: no server answers at {url} (")
+    assert err.strip().endswith("start one with `onthejob serve`")
+    assert list(run_dir.iterdir()) == []
+
+
+def test_work_against_a_server_without_the_orgs_model_is_a_one_line_error(
+    tmp_path, model_dir, monkeypatch, capsys
+):
+    """The server answers, but the org's tenant has no promoted version: the server's own
+    reason, in one line, and where the sessions so far are."""
+    monkeypatch.setenv("ONTHEJOB_HOME", str(tmp_path))
+    with running_server(tmp_path / "server", model_dir) as server:  # promotes tenant "default"
+        argv = ["work", "--org", "1", "--days", "1", "--server", server.url, "--quiet"]
+        argv += ["--store", str(server.store_path), "--run-dir", str(tmp_path / "run")]
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("onthejob work: a request failed (Error code: 404 - tenant ")
+    assert "has no promoted model version" in err
+    assert f"the sessions recorded so far are in {server.store_path}" in err

@@ -353,6 +353,18 @@ Progress = Callable[[int, int, list[SessionRecord]], None]
 """progress(user-days done, user-days in all, the sessions of the user-day just done)."""
 
 
+def check_answers(url: str) -> None:
+    """Return if an onthejob server answers at url; RuntimeError saying what happened if not."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/health", timeout=10)
+    except httpx.HTTPError as e:
+        raise RuntimeError(
+            f"no server answers at {url} ({e}); start one with `onthejob serve`"
+        ) from e
+    if not response.is_success:
+        raise RuntimeError(f"the server at {url} answered /health with HTTP {response.status_code}")
+
+
 def run_week(
     config: WeekConfig,
     run_dir: Path,
@@ -374,6 +386,8 @@ def run_week(
     the server started here (0: a free one).
     """
     started = time.monotonic()
+    if server_url is not None:
+        check_answers(server_url)
     run_dir.mkdir(parents=True, exist_ok=True)
     store = store or run_dir / "store.sqlite"
     shop = shop or run_dir / "shop.sqlite"

@@ -179,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from onthejob.models import LoraSettings
     from onthejob.train import ConfigError
+    from onthejob.train.checkpoint import CheckpointMismatch
     from onthejob.train.grpo import GRPOConfig, train
     from onthejob.train.pretrain import default_model_dir
 
@@ -214,15 +215,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
             return 2
     started = time.time()
-    result = train(
-        config,
-        model_dir,
-        out_dir=out_dir,
-        run_dir=run_dir,
-        resume=args.resume,
-        show_progress=not args.quiet,
-        device=args.device,
-    )
+    try:
+        result = train(
+            config,
+            model_dir,
+            out_dir=out_dir,
+            run_dir=run_dir,
+            resume=args.resume,
+            show_progress=not args.quiet,
+            device=args.device,
+        )
+    except CheckpointMismatch as e:
+        print(f"onthejob train: --resume: {e}", file=sys.stderr)
+        return 2
     if result.eval_before:
         table = Table(title=f"held-out success (level {config.difficulty}, greedy)")
         for column in ("env", "tasks", "before", "after", "change"):

@@ -103,6 +103,17 @@ def test_train_runs_grpo_and_prints_the_before_after_table(toy_model, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert {"pass_rate/arith", "pass_rate/program", "pass_rate/shop"} <= set(records[0])
+    other = run_cli(  # the run's checkpoint is of another learning rate
+        "train", "--model", str(model), "--env", "arith,program,shop", "--steps", "3",
+        "--batch-size", "6", "--group-size", "2", "--max-new-tokens", "8", "--eval-n", "2",
+        "--lr", "0.001", "--run-dir", str(run), "--resume", "--quiet",
+        home=home,
+    )  # fmt: skip
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1] == (  # after the loading bar
+        f"onthejob train: --resume: {run} holds a run of another config; drop resume or pick"
+        " another run dir"
+    )
 
 
 def test_train_with_lora_saves_an_adapter(toy_model, tmp_path):

@@ -28,6 +28,10 @@ import torch
 CHECKPOINT = "checkpoint"
 
 
+class CheckpointMismatch(ValueError):
+    """A run directory to resume holds a checkpoint of another config."""
+
+
 def save_checkpoint(
     run_dir: Path,
     model: torch.nn.Module,
@@ -126,7 +130,7 @@ def resume_run(
     elif checkpoint is not None:
         start, extra = load_checkpoint(checkpoint, state, optimizer, scheduler)
         if extra.get("config_key") != config_key:
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"{run_dir} holds a run of another config; drop resume or pick another run dir"
             )
     truncate_log(run_dir / "metrics.jsonl", start)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from onthejob.train.checkpoint import (
+    CheckpointMismatch,
     after_step,
     budget_left,
     latest_checkpoint,
@@ -63,8 +64,11 @@ def test_resume_run_continues_the_same_config_and_cuts_the_log_back(tmp_path):
     start, extra = resume_run(tmp_path, *_state(), None, config.key(), resume=True)
     assert (start, extra["tokens"]) == (2, 14)
     assert _steps(tmp_path) == [1, 2]
-    with pytest.raises(ValueError, match="another config"):
-        resume_run(tmp_path, *_state(), None, "another", resume=True)
+    other = torch.nn.Linear(3, 1)  # another config's shape: its state is never loaded
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointMismatch, match="another config"):
+        resume_run(tmp_path, other, torch.optim.AdamW(other.parameters()), None, "x", resume=True)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
 def test_a_fresh_run_removes_a_stale_checkpoint(tmp_path):

@@ -128,11 +128,12 @@ def resume_run(
         for stale in (checkpoint, checkpoint.with_name(CHECKPOINT + ".old")):
             shutil.rmtree(stale, ignore_errors=True)
     elif checkpoint is not None:
-        start, extra = load_checkpoint(checkpoint, state, optimizer, scheduler)
-        if extra.get("config_key") != config_key:
+        meta = json.loads((checkpoint / "meta.json").read_text())
+        if meta["extra"].get("config_key") != config_key:  # before any state is touched
             raise CheckpointMismatch(
                 f"{run_dir} holds a run of another config; drop resume or pick another run dir"
             )
+        start, extra = load_checkpoint(checkpoint, state, optimizer, scheduler)
     truncate_log(run_dir / "metrics.jsonl", start)
     return start, extra
 

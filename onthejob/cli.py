@@ -179,8 +179,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from onthejob.models import LoraSettings
     from onthejob.train import ConfigError
-    from onthejob.train.checkpoint import CheckpointMismatch
-    from onthejob.train.grpo import GRPOConfig, train
+    from onthejob.train.checkpoint import CheckpointMismatch, latest_checkpoint
+    from onthejob.train.grpo import GRPOConfig, default_run_dir, train
     from onthejob.train.pretrain import default_model_dir
 
     overrides = {
@@ -214,6 +214,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.resume:
+        where = run_dir or default_run_dir(config, model_dir)
+        if latest_checkpoint(where) is None:
+            print(f"onthejob train: --resume: no checkpoint in {where}; starting at step 0")
     started = time.time()
     try:
         result = train(

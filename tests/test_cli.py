@@ -90,13 +90,14 @@ def test_eval_prints_the_table_and_writes_json(toy_model, tmp_path):
 def test_train_runs_grpo_and_prints_the_before_after_table(toy_model, tmp_path):
     home, model = toy_model
     out, run = tmp_path / "grpo", tmp_path / "run"
-    result = run_cli(
+    result = run_cli(  # --resume with nothing to resume says so and starts at step 0
         "train", "--model", str(model), "--env", "arith,program,shop", "--steps", "2",
         "--batch-size", "6", "--group-size", "2", "--max-new-tokens", "8", "--eval-n", "2",
-        "--out", str(out), "--run-dir", str(run), "--quiet",
+        "--out", str(out), "--run-dir", str(run), "--resume", "--quiet",
         home=home,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert f"--resume: no checkpoint in {run}; starting at step 0" in result.stdout
     assert f"model saved to {out}" in result.stdout
     assert "held-out success" in result.stdout and "program" in result.stdout
     assert (out / "config.json").is_file()

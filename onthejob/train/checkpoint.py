@@ -74,6 +74,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+def checkpoint_meta(path: Path) -> tuple[int, dict[str, Any]]:
+    """A checkpoint's (step, extra), read without touching any state."""
+    meta = json.loads((path / "meta.json").read_text())
+    return int(meta["step"]), dict(meta["extra"])
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -88,8 +94,7 @@ def load_checkpoint(
         scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
-    meta = json.loads((path / "meta.json").read_text())
-    return int(meta["step"]), dict(meta["extra"])
+    return checkpoint_meta(path)
 
 
 def truncate_log(log_path: Path, step: int) -> None:
@@ -128,8 +133,8 @@ def resume_run(
         for stale in (checkpoint, checkpoint.with_name(CHECKPOINT + ".old")):
             shutil.rmtree(stale, ignore_errors=True)
     elif checkpoint is not None:
-        meta = json.loads((checkpoint / "meta.json").read_text())
-        if meta["extra"].get("config_key") != config_key:  # before any state is touched
+        _, saved = checkpoint_meta(checkpoint)  # read before any state is touched
+        if saved.get("config_key") != config_key:
             raise CheckpointMismatch(
                 f"{run_dir} holds a run of another config; drop resume or pick another run dir"
             )

@@ -2,9 +2,10 @@
 documents and questions, and read held-out documents every quarter of the run.
 
 Sessions 12-26 measured every change aimed at context reading (issue 2's >= 0.90 with the
-document) here first, because it answers in about 10 CPU minutes what the whole
-curriculum answers in 15-20 with one thread, and reading on it tracks reading on the whole
-curriculum (docs/results.md, "Weighing the value" and later sections). The mixture is
+document) here first: it answers in about 11 minutes on one thread what the whole
+curriculum answers in 13-20, and the changes it ranked first (the quoted line, Muon, the
+value weight) carried over to the whole curriculum (docs/results.md, "Quote the line, then
+answer" and "Weighing the value"). The mixture is
 `Mixture(knowledge=0.8, correction=0.1, arith=0.1, program=0, shop=0, world_model=0)`: no
 program or shop pool is built, so the run starts in seconds.
 
@@ -63,7 +64,23 @@ def override(config: Any, field: str, value: Any) -> Any:
         value = dataclasses.replace(current, **value)  # several fields at once: checked together
     elif isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
+    elif not _same_kind(current, value):
+        raise ValueError(
+            f"{type(config).__name__}.{name} takes a value of type {type(current).__name__}, got {value!r}"
+        )
     return dataclasses.replace(config, **{name: value})
+
+
+def _same_kind(current: Any, value: Any) -> bool:
+    """Whether value may replace current: a number for a number (an int for a float), else
+    the same type (a bool is not a number here)."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, int | float):
+        return isinstance(value, int | float) and (
+            isinstance(current, float) or isinstance(value, int)
+        )
+    return isinstance(value, type(current))
 
 
 def proxy_config(seed: int, steps: int, settings: list[str]) -> PretrainConfig:
@@ -93,6 +110,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON")
     parser.add_argument("--out", help="directory for proxy.json and the model (default: tmp)")
     args = parser.parse_args()
+    if args.evals < 1 or args.n < 2:
+        parser.error(f"--evals must be >= 1 and --n >= 2, got {args.evals} and {args.n}")
     try:
         config = proxy_config(args.seed, args.steps, args.set)
     except (ValueError, TypeError) as e:

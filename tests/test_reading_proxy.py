@@ -42,14 +42,18 @@ def test_a_setting_the_proxy_cannot_apply_is_named(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     from reading_proxy import proxy_config
 
-    config = proxy_config(1, 10, ["curriculum.short_fraction=0.4", "optimizer=adamw"])
-    assert (config.seed, config.steps, config.optimizer) == (1, 10, "adamw")
+    config = proxy_config(1, 10, ["curriculum.short_fraction=0.4", "optimizer=adamw", "lr=1"])
+    assert (config.seed, config.steps, config.optimizer, config.lr) == (1, 10, "adamw", 1)
     assert config.curriculum.short_fraction == 0.4 and config.curriculum.mixture.knowledge == 0.8
     for setting, message in (
         ("nope=1", "PretrainConfig has no field 'nope'"),
         ("curriculum.nope=1", "CurriculumConfig has no field 'nope'"),
         ("value_weight", "write FIELD=VALUE"),
         ("steps=-1", "steps must be > 0"),
+        ('steps="x"', "PretrainConfig.steps takes a value of type int, got 'x'"),
+        ("steps=1.5", "PretrainConfig.steps takes a value of type int, got 1.5"),
+        ("bf16=1", "PretrainConfig.bf16 takes a value of type bool, got 1"),
+        ("model=3", "PretrainConfig.model takes a value of type TinyConfig, got 3"),
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             proxy_config(0, 10, [setting])
@@ -58,10 +62,6 @@ def test_a_setting_the_proxy_cannot_apply_is_named(monkeypatch):
 def test_a_bad_setting_is_a_usage_error_before_any_work(tmp_path):
     done = run("--set", "nope=1", "--out", str(tmp_path))
     assert done.returncode == 2
-    assert done.stderr.splitlines()[-1].endswith(
-        "PretrainConfig has no field 'nope' (fields: "
-        "batch_size, bf16, checkpoint_every, context_weight, curriculum, grad_clip, lr, max_len, "
-        "micro_batches, min_lr_ratio, model, optimizer, pools, seed, steps, tokenizer_sample, "
-        "value_weight, vocab_size, warmup_steps, weight_decay)"
-    )
+    last = done.stderr.splitlines()[-1]
+    assert "error: PretrainConfig has no field 'nope' (fields: batch_size, bf16," in last
     assert not list(tmp_path.iterdir())
